@@ -1,0 +1,33 @@
+"""train-rvq: train the multi-stream RVQ tokenizer in one process."""
+from __future__ import annotations
+
+import sys
+
+from src.cli import add_config_args, config_from_args, parser, run
+
+
+def main(argv: list[str] | None = None, distributed: bool = False) -> int:
+    name = "train-rvq-ddp" if distributed else "train-rvq"
+    p = parser(name, __doc__.split(":", 1)[1].strip() if not distributed else
+               "train the tokenizer with DDP; launch under torchrun --nproc_per_node=N")
+    add_config_args(p)
+    p.add_argument("--checkpoint", help="resume exactly from this checkpoint (ckpt_last.pt of a run)")
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        from src.train.loop import NonFiniteLoss, train
+
+        try:
+            run_dir = train(config_from_args(args), args.checkpoint, require_distributed=distributed)
+        except NonFiniteLoss as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if run_dir is not None:
+            print(f"run folder: {run_dir}")
+        return 0
+
+    return run(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,286 @@
+"""Typed configuration: dataclass defaults <- YAML file <- dotted command-line overrides.
+
+This is the only module that reads YAML. Values are coerced to each field's type, so
+``1e-4`` is a float (plain PyYAML reads it as a string) and ``no`` is not a boolean
+unless the field is one. Unknown keys fail with a close-match suggestion.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class AugmentConfig:
+    mirror: bool = True              # left/right mirror with keypoint and stream swap
+    mirror_prob: float = 0.5
+    time_warp: bool = True           # speed jitter by resampling
+    time_warp_max: float = 0.2       # speed factor drawn from [1 - max, 1 + max]
+    dropout_prob: float = 0.05       # per keypoint and frame, score set to 0
+
+
+@dataclass
+class DataConfig:
+    root: str = "CSL-Daily"          # CSL-Daily layout; relative paths are from the working dir
+    split_file: str = "split_files.json"
+    annotation_file: str = "annotations.json"
+    pose_dir: str = "frames_512x512"
+    pack_dir: str = ""               # packed memmap folder; "" = <root>/packed when it exists
+    fps: int = 30                    # model frame rate
+    source_fps: int = 30             # frame rate of the .npy files
+    chunk_len: int = 10
+    max_frames: int = 0              # 0 = whole sequence; else random crop (train) / first frames (eval)
+    conf_thresh: float = 0.3         # keypoints below this score are missing
+    min_frames: int = 4
+    min_valid_frac: float = 0.5      # of frames with both shoulders confident; else skipped
+    lowpass_sigma: float = 0.0       # Gaussian smoothing over time, in frames; 0 = off
+    num_workers: int = 2
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class RVQConfig:
+    levels: int = 3
+    codebook_size: int = 1024
+    distance: str = "euclidean"      # euclidean | cosine (latent put on the unit sphere)
+    ema_decay: float = 0.99
+    laplace_eps: float = 1e-5
+    commitment_beta: float = 0.25
+    dead_after_steps: int = 20       # a code unused this many steps is restarted
+    init: str = "kmeans"             # kmeans | sample | random (first batch)
+    kmeans_iters: int = 10
+    usage_temperature: float = 0.1   # soft assignment temperature, in units of each row's distance std
+    quantizer_dropout: float = 0.0   # probability that a sample trains with a random number of levels
+
+
+@dataclass
+class ModelConfig:
+    width: int = 256
+    enc_layers: int = 2
+    dec_layers: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    type_embedding: str = "add"      # add | concat
+    type_dim: int = 32               # width of the concatenated stream embedding
+    pool: str = "attention"          # attention | mean
+    latent_dim: int = 256
+    stats_sequences: int = 1000      # training sequences read for the per-point mean/std standardisation
+    rvq: RVQConfig = field(default_factory=RVQConfig)
+
+
+@dataclass
+class LossConfig:
+    huber_delta: float = 1.0
+    stream_weights: dict[str, float] = field(
+        default_factory=lambda: {"F": 1.0, "LH": 1.0, "RH": 1.0, "B": 1.0, "FB": 1.0})
+    lambda_vq: float = 1.0
+    lambda_tem: float = 0.5          # temporal alpha
+    temporal_mode: str = "velocity"  # velocity (reconstructed motion, across chunk borders) | latent
+    lambda_usage: float = 0.1
+    lambda_nce: float = 0.0          # InfoNCE between part streams and the full body; off
+    nce_temperature: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int | str = 32       # sequences per step and process; "auto" on CUDA
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    amp: bool = True                 # bf16 autocast on CUDA; CPU stays fp32 unless amp_cpu
+    amp_cpu: bool = False
+    compile: bool = False
+    device: str = "auto"             # auto | cpu | cuda
+    seed: int = 42
+    log_every: int = 50              # steps
+    val_every: int = 1               # epochs
+    ckpt_every: int = 5              # epochs
+    codebook_every: int = 5          # epochs
+    token_samples_every: int = 1     # epochs; 0 = off
+    num_token_samples: int = 5
+
+
+@dataclass
+class ExportConfig:
+    enable_rle: bool = True
+    rle_threshold: float = 0.0       # 0 = lossless; else mean keypoint change (eyelid units)
+    max_run: int = 32
+    max_chunks: int = 2048
+    adaptive_depth: bool = False
+    depth_threshold: float = 0.05    # stop adding levels once the residual norm ratio falls below
+
+
+@dataclass
+class Config:
+    experiment_name: str = "signstream"
+    save_path: str = "checkpoints"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+class ConfigError(ValueError):
+    """A config key or value that does not fit the schema."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2-style scalars: only true/false are booleans, and 1e-4 is a float."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)$|^[-+]?(?:\d+\.\d*|\.\d+)$"),
+    list("-+0123456789."))
+
+
+def parse_scalar(text: str) -> Any:
+    """Read one command-line value the way the YAML file would be read."""
+    return yaml.load(text, Loader=_Loader) if text.strip() else ""
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(typ):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: {value!r} fits none of {typ}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        _, vtype = typing.get_args(typ)
+        return {str(k): _coerce(v, vtype, f"{key}.{k}") for k, v in value.items()}
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{key}: expected {getattr(typ, '__name__', typ)}, got {value!r}")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unknown(key: str, name: str, options: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(name, options, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(options)}"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _merge(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    """Set fields of dataclass ``obj`` from a nested mapping, with checks and coercion."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
+    hints = _hints(type(obj))
+    for name, value in values.items():
+        key = prefix + str(name)
+        if name not in hints:
+            raise _unknown(key, str(name), list(hints))
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, key + ".")
+        elif isinstance(current, dict) and isinstance(value, dict):
+            merged = dict(current)
+            for k, v in value.items():
+                if k not in current:
+                    raise _unknown(f"{key}.{k}", str(k), list(current))
+                merged[k] = v
+            setattr(obj, name, _coerce(merged, hints[name], key))
+        else:
+            setattr(obj, name, _coerce(value, hints[name], key))
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``a.b=c`` strings in order; values are parsed as YAML scalars, then type-checked."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.lr=1e-4)")
+        key, text = item.split("=", 1)
+        nested: dict[str, Any] = {}
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = parse_scalar(text)
+        _merge(cfg, nested)
+    return cfg
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Build a config from a (possibly partial) nested mapping over the defaults."""
+    cfg = Config()
+    _merge(cfg, values or {})
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file (if given), then the overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        with open(p) as f:
+            values = yaml.load(f, Loader=_Loader) or {}
+        try:
+            cfg = from_dict(values)
+        except ConfigError as e:
+            raise ConfigError(f"{p}: {e}") from None
+    else:
+        cfg = Config()
+    return apply_overrides(cfg, overrides or [])
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of the config (for YAML, checkpoints and logs)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)

@@ -1,0 +1,171 @@
+"""The CSL-Daily pose dataset: raw arrays -> normalised, chunked samples -> padded batches."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from src.config import DataConfig
+from src.data import keypoints as kp
+from src.data.pose import CleanPose, chunk, clean, normalise, stream_centres, unit_length
+from src.data.source import DataError, PoseSource, read_json, scan_split, split_names
+from src.data.transforms import keypoint_dropout, mirror, random_crop, time_warp
+
+log = logging.getLogger(__name__)
+
+
+def make_sample(raw: np.ndarray, cfg: DataConfig, rng: np.random.Generator | None = None) -> dict:
+    """One raw ``[T, 134, 3]`` sequence -> chunked local coordinates and masks.
+
+    ``rng`` switches the training augmentations on (each also switchable in ``cfg``).
+    Returns ``x`` (C, L, 254, 2), ``conf`` (C, L, 254), ``frame_mask`` (C, L),
+    ``centres`` (C, L, 5, 2) in pixels and the ``unit`` in pixels.
+    """
+    aug = cfg.augment
+    if rng is not None:
+        raw = keypoint_dropout(raw, rng, aug.dropout_prob)
+    pose = clean(raw, cfg.conf_thresh, cfg.source_fps, cfg.fps, cfg.lowpass_sigma)
+    unit = unit_length(pose.xy, pose.conf)
+    if unit is None:
+        raise DataError("no unit length: neither eyelids, eyes, ears nor shoulders are visible")
+    keep = random_crop(pose.xy.shape[0], cfg.max_frames, rng)
+    pose = CleanPose(pose.xy[keep], pose.conf[keep], pose.size)
+    if rng is not None and aug.time_warp:
+        pose = time_warp(pose, rng, aug.time_warp_max)
+    if rng is not None and aug.mirror and rng.random() < aug.mirror_prob:
+        pose = mirror(pose)
+    centres = stream_centres(pose.xy, pose.conf, pose.size)
+    x, frame_mask = chunk(normalise(pose.xy, centres, unit), cfg.chunk_len)
+    conf, _ = chunk(pose.conf[:, kp.STREAM_ROWS], cfg.chunk_len)
+    return {
+        "x": x,
+        "conf": conf & frame_mask[..., None],
+        "frame_mask": frame_mask,
+        "centres": chunk(centres, cfg.chunk_len)[0],
+        "unit": np.float32(unit),
+        "num_frames": pose.xy.shape[0],
+    }
+
+
+class PoseDataset(Dataset):
+    """One split of a CSL-Daily-layout root. Unusable names are skipped, counted and logged once."""
+
+    def __init__(self, cfg: DataConfig, split: str, train: bool = False, seed: int = 0,
+                 names: list[str] | None = None, progress: bool = False):
+        self.cfg, self.split, self.train, self.seed, self.epoch = cfg, split, train, seed, 0
+        root = Path(cfg.root)
+        if not root.is_dir():
+            raise DataError(f"data root not found: {root} (set data.root=<CSL-Daily folder> "
+                            "or make one with `python run.py data-synth --out DIR`)")
+        self.source = PoseSource(root, cfg.pose_dir, cfg.pack_dir)
+        annotations = read_json(root / cfg.annotation_file, "annotation file")
+        listed = names if names is not None else split_names(root, cfg.split_file, split)
+        self.lengths, self.report = scan_split(self.source, annotations, listed, cfg.conf_thresh,
+                                               cfg.min_frames, cfg.min_valid_frac, progress)
+        self.names = list(self.lengths)
+        log.info("%s split '%s': %s", root, split, self.report.summary())
+        if not self.names:
+            raise DataError(f"{root}: split '{split}' has no usable sequence ({self.report.summary()})")
+        self.annotations = {n: annotations[n] for n in self.names}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentations depend on (seed, epoch, index) only, so resumes and workers agree."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> dict:
+        name = self.names[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
+        try:
+            sample = make_sample(self.source.load(name), self.cfg, rng)
+        except (DataError, ValueError) as e:
+            raise DataError(f"{name}: {e}") from None
+        return {"name": name, **sample}
+
+
+@dataclass
+class Batch:
+    """Padded batch. B sequences, C chunks (padded to the longest), L frames, P=254 points."""
+
+    x: torch.Tensor            # (B, C, L, P, 2) local coordinates in units
+    conf: torch.Tensor         # (B, C, L, P) bool, observed keypoints of real frames
+    frame_mask: torch.Tensor   # (B, C, L) bool, real frames
+    chunk_mask: torch.Tensor   # (B, C) bool, real chunks
+    centres: torch.Tensor      # (B, C, L, S, 2) stream centres in pixels
+    unit: torch.Tensor         # (B,) pixels per unit
+    num_frames: torch.Tensor   # (B,)
+    names: list[str]
+
+    def _map(self, fn) -> "Batch":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Batch(**{k: fn(v) if torch.is_tensor(v) else v for k, v in values.items()})
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> "Batch":
+        return self._map(lambda t: t.pin_memory())
+
+
+def collate(samples: list[dict]) -> Batch:
+    """Stack samples, padding the chunk axis with zeros and masks with False."""
+    num = max(s["x"].shape[0] for s in samples)
+
+    def pad(key: str) -> torch.Tensor:
+        arrays = [s[key] for s in samples]
+        out = np.zeros((len(arrays), num) + arrays[0].shape[1:], dtype=arrays[0].dtype)
+        for i, a in enumerate(arrays):
+            out[i, :a.shape[0]] = a
+        return torch.from_numpy(out)
+
+    frame_mask = pad("frame_mask")
+    return Batch(
+        x=pad("x"), conf=pad("conf"), frame_mask=frame_mask, chunk_mask=frame_mask.any(-1),
+        centres=pad("centres"),
+        unit=torch.tensor([float(s["unit"]) for s in samples]),
+        num_frames=torch.tensor([int(s["num_frames"]) for s in samples]),
+        names=[s["name"] for s in samples],
+    )
+
+
+class ShardSampler(Sampler):
+    """Evaluation order split over ranks without padding (each sequence counted once)."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1):
+        self.indices = list(range(rank, size, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+
+
+def make_loader(dataset: PoseDataset, batch_size: int, train: bool, seed: int = 0, rank: int = 0,
+                world_size: int = 1, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """DataLoader over a dataset; training shuffles with (seed, epoch) and shards over ranks.
+
+    The training sampler is a DistributedSampler also in a single process, so one code
+    path serves both; call ``loader.sampler.set_epoch(e)`` and ``dataset.set_epoch(e)``.
+    """
+    if train:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    else:
+        sampler = ShardSampler(len(dataset), rank, world_size)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+        num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=_seed_worker,
+        # Own generator: the worker base seed must not draw on the global RNG (exact resume).
+        generator=torch.Generator().manual_seed(seed),
+    )

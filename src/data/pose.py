@@ -1,0 +1,201 @@
+"""Per-sequence pose processing: clean -> (resample) -> normalise per stream -> chunk.
+
+Everything here is plain numpy on one sequence. Arrays follow the file layout: row r of
+the keypoint axis is COCO-WholeBody keypoint r (row 0 is the size row and is never a point).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from src.data import keypoints as kp
+
+
+@dataclass
+class CleanPose:
+    """A cleaned sequence in pixels: every keypoint filled, plus which ones were observed."""
+
+    xy: np.ndarray     # (T, 134, 2) float32, gaps filled by interpolation
+    conf: np.ndarray   # (T, 134) bool, observed with score >= threshold
+    size: tuple[float, float]  # video (width, height)
+
+
+def video_size(raw: np.ndarray, default: float = 512.0) -> tuple[float, float]:
+    """(width, height) from the size row; the default where it is missing or broken."""
+    w, h = raw[0, kp.SIZE_ROW, 0], raw[0, kp.SIZE_ROW, 1]
+    ok = np.isfinite(w) and np.isfinite(h) and w > 0 and h > 0
+    return (float(w), float(h)) if ok else (default, default)
+
+
+def observed_mask(raw: np.ndarray, conf_thresh: float) -> np.ndarray:
+    """(T, 134) bool: finite coordinates and a finite score >= ``conf_thresh``."""
+    finite = np.isfinite(raw).all(axis=-1)
+    with np.errstate(invalid="ignore"):
+        conf = finite & (raw[..., 2] >= conf_thresh)
+    conf[:, kp.SIZE_ROW] = False
+    return conf
+
+
+def fill_gaps(xy: np.ndarray, conf: np.ndarray) -> np.ndarray:
+    """Fill unobserved points per keypoint by linear interpolation over time.
+
+    Points before the first / after the last observation hold that observation; a keypoint
+    never observed is 0. Only observed values are read, so NaN frames cannot leak.
+    """
+    out = np.zeros(xy.shape, dtype=np.float32)
+    t = np.arange(xy.shape[0])
+    for r in range(1, xy.shape[1]):
+        seen = conf[:, r]
+        if seen.all():
+            out[:, r] = xy[:, r]
+        elif seen.any():
+            for c in range(2):
+                out[:, r, c] = np.interp(t, t[seen], xy[seen, r, c])
+    return out
+
+
+def gaussian_smooth(xy: np.ndarray, sigma: float) -> np.ndarray:
+    """Low-pass filter over time (edge-padded Gaussian), ``sigma`` in frames."""
+    if sigma <= 0 or xy.shape[0] < 2:
+        return xy
+    radius = int(np.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    k /= k.sum()
+    padded = np.pad(xy, [(radius, radius)] + [(0, 0)] * (xy.ndim - 1), mode="edge")
+    out = np.zeros_like(xy)
+    for i, w in enumerate(k):
+        out += w * padded[i:i + xy.shape[0]]
+    return out
+
+
+def resample(xy: np.ndarray, conf: np.ndarray, num_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Linear resampling over time to ``num_out`` frames (fps change, time warp).
+
+    A resampled point is observed only if both source frames around it were.
+    """
+    num_in = xy.shape[0]
+    if num_out == num_in:
+        return xy, conf
+    pos = np.linspace(0, num_in - 1, num_out)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, num_in - 1)
+    w = (pos - lo).astype(np.float32)[:, None, None]
+    xy_out = (1 - w) * xy[lo] + w * xy[hi]
+    return xy_out.astype(np.float32), conf[lo] & conf[hi]
+
+
+def clean(raw: np.ndarray, conf_thresh: float, source_fps: float = 30, fps: float = 30,
+          lowpass_sigma: float = 0.0) -> CleanPose:
+    """Raw ``[T, 134, 3]`` -> filled pixel coordinates + observation mask at ``fps``.
+
+    NaN/inf points and points scoring below the threshold are missing (a frame with all
+    scores 0 is then wholly missing) and are filled from observed neighbours in time.
+    """
+    if raw.ndim != 3 or raw.shape[1:] != (kp.NUM_ROWS, 3):
+        raise ValueError(f"pose array must be [T, {kp.NUM_ROWS}, 3], got {list(raw.shape)}")
+    conf = observed_mask(raw, conf_thresh)
+    xy = fill_gaps(np.where(conf[..., None], raw[..., :2], 0), conf)
+    if source_fps != fps:
+        num_out = max(1, int(round(raw.shape[0] * fps / source_fps)))
+        xy, conf = resample(xy, conf, num_out)
+    return CleanPose(gaussian_smooth(xy, lowpass_sigma), conf, video_size(raw))
+
+
+def _median_length(xy: np.ndarray, conf: np.ndarray, pair: tuple[int, int]) -> float | None:
+    a, b = pair
+    both = conf[:, a] & conf[:, b]
+    if not both.any():
+        return None
+    d = float(np.median(np.linalg.norm(xy[both, a] - xy[both, b], axis=-1)))
+    return d if d > 1e-3 else None
+
+
+def unit_length(xy: np.ndarray, conf: np.ndarray) -> float | None:
+    """Robust per-sequence length unit, in eyelid-width pixels.
+
+    Mean of the two eyelid widths (median over frames where both ends are observed); when
+    the face is missing, eye distance -> head width -> shoulder width, each rescaled to
+    eyelid units. ``None`` when none is measurable.
+    """
+    lids = [d for d in (_median_length(xy, conf, kp.LEFT_EYELID),
+                        _median_length(xy, conf, kp.RIGHT_EYELID)) if d is not None]
+    if lids:
+        return float(np.mean(lids))
+    for pair, ratio in kp.UNIT_FALLBACKS:
+        d = _median_length(xy, conf, pair)
+        if d is not None:
+            return d / ratio
+    return None
+
+
+def stream_centres(xy: np.ndarray, conf: np.ndarray, size: tuple[float, float]) -> np.ndarray:
+    """(T, S, 2) centre of each stream's local frame, in pixels.
+
+    Part streams follow their centre keypoint frame by frame; the full body is anchored at
+    one point per sequence (median shoulder midpoint), so it keeps the global motion.
+    """
+    num_frames = xy.shape[0]
+    centres = np.zeros((num_frames, len(kp.STREAMS), 2), dtype=np.float32)
+    for i, s in enumerate(kp.STREAMS):
+        centres[:, i] = xy[:, s.centre] if s.centre is not None else _body_anchor(xy, conf, size)
+    return centres
+
+
+def _body_anchor(xy: np.ndarray, conf: np.ndarray, size: tuple[float, float]) -> np.ndarray:
+    both = conf[:, kp.L_SHOULDER] & conf[:, kp.R_SHOULDER]
+    if both.any():
+        mid = 0.5 * (xy[both, kp.L_SHOULDER] + xy[both, kp.R_SHOULDER])
+        return np.median(mid, axis=0)
+    body = conf[:, list(kp.BODY)]
+    if body.any():
+        return np.median(xy[:, list(kp.BODY)][body], axis=0)
+    return np.array([size[0] / 2, size[1] / 2], dtype=np.float32)
+
+
+def _per_point_centres(centres: np.ndarray) -> np.ndarray:
+    """(T, S, 2) -> (T, 254, 2): each concatenated stream point gets its stream's centre."""
+    counts = [s.num_keypoints for s in kp.STREAMS]
+    return np.repeat(centres, counts, axis=1)
+
+
+def normalise(xy: np.ndarray, centres: np.ndarray, unit: float) -> np.ndarray:
+    """Pixels (T, 134, 2) -> stream-concatenated local coordinates (T, 254, 2) in units."""
+    return ((xy[:, kp.STREAM_ROWS] - _per_point_centres(centres)) / unit).astype(np.float32)
+
+
+def denormalise(x: np.ndarray, centres: np.ndarray, unit: float) -> np.ndarray:
+    """Inverse of :func:`normalise`: (..., T, 254, 2) local units -> pixels."""
+    return x * unit + _per_point_centres(centres)
+
+
+def to_rows(points: np.ndarray, stream: str = "parts") -> np.ndarray:
+    """Stream-concatenated pixels (T, 254, 2) -> file layout (T, 134, 2), feet and size row 0.
+
+    ``stream="parts"`` takes body, face and hands from their own streams (the sharper
+    reconstruction); ``"FB"`` takes every row from the full-body stream.
+    """
+    out = np.zeros((points.shape[0], kp.NUM_ROWS, 2), dtype=np.float32)
+    names = ("B", "F", "LH", "RH") if stream == "parts" else (stream,)
+    for name in names:
+        out[:, list(kp.STREAM_BY_NAME[name].rows)] = points[:, kp.STREAM_SLICES[name]]
+    return out
+
+
+def num_chunks(num_frames: int, chunk_len: int) -> int:
+    """ceil(T / L): every frame lands in exactly one chunk."""
+    return -(-num_frames // chunk_len)
+
+
+def chunk(x: np.ndarray, chunk_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(T, ...) -> (C, L, ...) plus a (C, L) frame mask; the tail repeats the last frame.
+
+    Edge padding (not zeros) keeps the padded frames inside the pose distribution; they
+    are masked out of every loss and metric.
+    """
+    num_frames = x.shape[0]
+    c = num_chunks(num_frames, chunk_len)
+    pad = c * chunk_len - num_frames
+    padded = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
+    mask = np.arange(c * chunk_len) < num_frames
+    return padded.reshape(c, chunk_len, *x.shape[1:]), mask.reshape(c, chunk_len)

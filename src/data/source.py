@@ -1,0 +1,149 @@
+"""Reading a CSL-Daily-layout root: split lists, annotations, and pose arrays.
+
+Pose arrays come from ``frames_512x512/<name>.npy`` or, when present, from a packed
+memory-mapped array (see :mod:`src.data.pack`); both give identical arrays.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from src.data import keypoints as kp
+
+log = logging.getLogger(__name__)
+
+PACK_ARRAY = "poses.npy"
+PACK_INDEX = "index.json"
+
+
+class DataError(RuntimeError):
+    """The dataset layout is unusable; the message says what and where."""
+
+
+def read_json(path: Path, what: str) -> dict:
+    """Load a JSON file with an error that names the file and the fix."""
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path} (expected the CSL-Daily layout, see README)")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})") from None
+
+
+class PoseSource:
+    """Name -> raw ``[T, 134, 3]`` float32 array, from a pack if there is one, else per file."""
+
+    def __init__(self, root: str | Path, pose_dir: str = "frames_512x512", pack_dir: str = ""):
+        self.root = Path(root)
+        self.pose_dir = self.root / pose_dir
+        pack = Path(pack_dir) if pack_dir else self.root / "packed"
+        self.pack_dir = pack if (pack / PACK_INDEX).is_file() else None
+        self._index: dict[str, tuple[int, int]] = {}
+        self._array: np.ndarray | None = None
+        if self.pack_dir is not None:
+            meta = read_json(self.pack_dir / PACK_INDEX, "pack index")
+            self._index = {k: (int(v[0]), int(v[1])) for k, v in meta["items"].items()}
+
+    @property
+    def packed(self) -> bool:
+        return self.pack_dir is not None
+
+    def _pack(self) -> np.ndarray:
+        # Opened lazily so that DataLoader workers each map the file themselves.
+        if self._array is None:
+            self._array = np.load(self.pack_dir / PACK_ARRAY, mmap_mode="r")
+        return self._array
+
+    def has(self, name: str) -> bool:
+        return name in self._index or (self.pose_dir / f"{name}.npy").is_file()
+
+    def load(self, name: str) -> np.ndarray:
+        """The raw pose array of ``name`` (a fresh float32 copy)."""
+        if name in self._index:
+            start, length = self._index[name]
+            return np.array(self._pack()[start:start + length], dtype=np.float32)
+        path = self.pose_dir / f"{name}.npy"
+        try:
+            return np.load(path).astype(np.float32, copy=False)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: cannot read pose array ({e})") from None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_array": None}  # never pickle the memmap into workers
+
+
+@dataclass
+class SkipReport:
+    """Names left out of a split, by reason."""
+
+    kept: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def skip(self, name: str, reason: str) -> None:
+        self.reasons[reason] += 1
+        self.examples.setdefault(reason, [])
+        if len(self.examples[reason]) < 5:
+            self.examples[reason].append(name)
+
+    def summary(self) -> str:
+        skipped = sum(self.reasons.values())
+        parts = ", ".join(f"{r}: {n}" for r, n in self.reasons.most_common())
+        return f"kept {self.kept}, skipped {skipped}" + (f" ({parts})" if parts else "")
+
+
+def usability(raw: np.ndarray, conf_thresh: float, min_frames: int, min_valid_frac: float) -> str | None:
+    """Why a raw sequence is unusable (a short reason), or None when it is fine."""
+    if raw.ndim != 3 or raw.shape[1:] != (kp.NUM_ROWS, 3):
+        return "bad shape"
+    if raw.shape[0] < min_frames:
+        return "too short"
+    with np.errstate(invalid="ignore"):
+        ok = (raw[:, [kp.L_SHOULDER, kp.R_SHOULDER], 2] >= conf_thresh).all(axis=1)
+        ok &= np.isfinite(raw[:, [kp.L_SHOULDER, kp.R_SHOULDER]]).all(axis=(1, 2))
+    if ok.mean() < min_valid_frac:
+        return "too little usable signal"
+    return None
+
+
+def split_names(root: Path, split_file: str, split: str) -> list[str]:
+    """Names listed for ``split`` in the split file (an error names the known splits)."""
+    splits = read_json(root / split_file, "split file")
+    if split not in splits:
+        raise DataError(f"{root / split_file}: no split '{split}' (has {', '.join(splits)})")
+    return list(splits[split])
+
+
+def scan_split(source: PoseSource, annotations: dict, names: list[str], conf_thresh: float,
+               min_frames: int, min_valid_frac: float, progress: bool = False
+               ) -> tuple[dict[str, int], SkipReport]:
+    """Keep the names that have an annotation, a readable pose array, and enough signal.
+
+    Returns the kept names (in split order) with their frame counts, and the skip report.
+    """
+    from tqdm import tqdm
+
+    report, kept = SkipReport(), {}
+    for name in tqdm(names, desc="scan", disable=not progress or None, leave=False):
+        if name not in annotations:
+            report.skip(name, "not in annotations")
+        elif not source.has(name):
+            report.skip(name, "no pose file")
+        else:
+            try:
+                raw = source.load(name)
+                reason = usability(raw, conf_thresh, min_frames, min_valid_frac)
+            except DataError:
+                reason = "unreadable"
+            if reason:
+                report.skip(name, reason)
+            else:
+                kept[name] = raw.shape[0]
+    report.kept = len(kept)
+    return kept, report

@@ -1,0 +1,48 @@
+"""Training augmentations on raw or cleaned pixel poses. Each takes an explicit RNG."""
+from __future__ import annotations
+
+import numpy as np
+
+from src.data import keypoints as kp
+from src.data.pose import CleanPose, resample
+
+
+def mirror(pose: CleanPose) -> CleanPose:
+    """Flip x -> W - x and swap every left/right keypoint (hands, so the LH and RH streams too).
+
+    An involution: mirroring twice returns the input exactly.
+    """
+    xy = pose.xy[:, kp.MIRROR_PERM].copy()
+    xy[..., 0] = pose.size[0] - xy[..., 0]
+    return CleanPose(xy, pose.conf[:, kp.MIRROR_PERM], pose.size)
+
+
+def time_warp(pose: CleanPose, rng: np.random.Generator, max_change: float) -> CleanPose:
+    """Play the sequence at a random speed in [1 - max_change, 1 + max_change]."""
+    speed = rng.uniform(1 - max_change, 1 + max_change)
+    num_out = max(1, int(round(pose.xy.shape[0] / speed)))
+    xy, conf = resample(pose.xy, pose.conf, num_out)
+    return CleanPose(xy, conf, pose.size)
+
+
+def keypoint_dropout(raw: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
+    """Set the score of random (frame, keypoint) entries to 0 on a raw ``[T, 134, 3]`` array.
+
+    Applied before cleaning, so a dropped point is refilled from its neighbours in time
+    (as a missed detection would be) and the loss ignores it.
+    """
+    if prob <= 0:
+        return raw
+    out = raw.copy()
+    drop = rng.random(raw.shape[:2]) < prob
+    drop[:, kp.SIZE_ROW] = False
+    out[..., 2][drop] = 0.0
+    return out
+
+
+def random_crop(length: int, max_len: int, rng: np.random.Generator | None) -> slice:
+    """Frames to keep: all when short enough, else a random window (or the first, without RNG)."""
+    if max_len <= 0 or length <= max_len:
+        return slice(0, length)
+    start = int(rng.integers(0, length - max_len + 1)) if rng is not None else 0
+    return slice(start, start + max_len)

@@ -1,0 +1,1 @@
+"""Reconstruction, temporal smoothness and codebook health metrics."""

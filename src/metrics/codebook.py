@@ -1,0 +1,33 @@
+"""Codebook health from code counts: usage, entropy, perplexity, dead codes."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def usage_stats(counts: np.ndarray, unused_steps: np.ndarray | None = None,
+                dead_after: int | None = None) -> dict[str, float]:
+    """Health of one codebook from how often each of its K codes was picked.
+
+    ``usage`` is the fraction of codes used at least once, ``entropy`` in nats of the
+    empirical code distribution, ``perplexity`` = exp(entropy) (K at best). ``dead`` is
+    the fraction of codes the training state counts as dead (unused for ``dead_after``
+    steps) when that state is given, else the fraction unused here.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    p = counts[counts > 0] / total if total > 0 else np.zeros(0)
+    entropy = float(-(p * np.log(p)).sum()) if p.size else 0.0
+    if unused_steps is not None and dead_after is not None:
+        dead = float((np.asarray(unused_steps) >= dead_after).mean())
+    else:
+        dead = float((counts == 0).mean())
+    return {"usage": float((counts > 0).mean()), "used": int((counts > 0).sum()),
+            "entropy": entropy, "perplexity": float(np.exp(entropy)), "dead": dead}
+
+
+def code_counts(codes: np.ndarray, codebook_size: int) -> np.ndarray:
+    """codes (N, S, levels) -> counts (S, levels, K)."""
+    n, s, levels = codes.shape
+    flat = codes.reshape(n, s * levels).T + (np.arange(s * levels) * codebook_size)[:, None]
+    counts = np.bincount(flat.ravel(), minlength=s * levels * codebook_size)
+    return counts.reshape(s, levels, codebook_size)

@@ -1,0 +1,375 @@
+"""The training loop, readable top to bottom; one loop for a single process and for DDP.
+
+data -> forward (autocast) -> loss dict -> backward -> unscale + clip -> step ->
+zero_grad -> log / validate / checkpoint at intervals.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from src.config import Config, save_config, to_dict
+from src.data import keypoints as kp
+from src.data.dataset import PoseDataset, collate, make_loader
+from src.data.stats import pose_statistics
+from src.losses import compute_losses
+from src.metrics.evaluate import autocast, evaluate
+from src.models.tokenizer import SignTokenizer
+from src.tokens.records import write_jsonl_atomic
+from src.tokens.sequence import TokenSettings, sequence_record
+from src.train import distributed
+from src.train.checkpoint import (CheckpointError, config_from_checkpoint, load_checkpoint, load_model_state,
+                                  rng_state, save_checkpoint, set_rng_state)
+from src.train.optim import build_optimizer, lr_at
+from src.train.runlog import append_jsonl, create_run_dir, setup_logging
+
+log = logging.getLogger("signstream.train")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf; the run stops and the last good checkpoint is kept."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def find_batch_size(fits, start: int = 4, limit: int = 4096) -> int:
+    """Largest batch size in [1, limit] for which ``fits(bs)`` runs without running out of memory.
+
+    Doubles until the first failure, then bisects between the last success and it.
+    """
+    def ok(bs: int) -> bool:
+        try:
+            fits(bs)
+            return True
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return False
+
+    good, bad = 0, None
+    bs = start
+    while bs <= limit and ok(bs):
+        good, bs = bs, bs * 2
+    bad = min(bs, limit + 1)
+    if good == 0:
+        good, bad = 0, start
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if ok(mid) else (good, mid)
+    if good == 0:
+        raise RuntimeError("not even a batch of 1 sequence fits in memory")
+    return good
+
+
+def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            diffs += config_differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            diffs.append(f"{prefix}{key}: {va!r} vs {vb!r}")
+    return diffs
+
+
+class Trainer:
+    """Builds data, model and optimiser from a config, then runs epochs."""
+
+    def __init__(self, cfg: Config, dist_info: distributed.DistInfo, resume: str | None = None):
+        self.cfg, self.dist = cfg, dist_info
+        self.device = dist_info.device
+        seed_everything(cfg.train.seed + dist_info.rank)
+        state = self._check_resume(resume) if resume else None
+        self.run_dir = self._run_dir(resume) if dist_info.is_main else None
+        setup_logging(self.run_dir, dist_info.is_main)
+        log.info("device %s, world size %d, run folder %s", self.device, dist_info.world_size, self.run_dir)
+
+        self.train_set = PoseDataset(cfg.data, "train", train=True, seed=cfg.train.seed, progress=dist_info.is_main)
+        self.val_set = PoseDataset(cfg.data, "val", progress=dist_info.is_main)
+        self.model = SignTokenizer(cfg.model, cfg.data.chunk_len).to(self.device)
+        log.info("model: %.2fM parameters", sum(p.numel() for p in self.model.parameters()) / 1e6)
+        self.batch_size = self._batch_size()
+        loader_args = dict(seed=cfg.train.seed, rank=dist_info.rank, world_size=dist_info.world_size,
+                           num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda")
+        self.train_loader = make_loader(self.train_set, self.batch_size, train=True, **loader_args)
+        self.val_loader = make_loader(self.val_set, self.batch_size, train=False, **loader_args)
+        self.total_steps = cfg.train.epochs * len(self.train_loader)
+
+        self.optimizer = build_optimizer(self.model, cfg.train)
+        self.scaler = torch.amp.GradScaler(enabled=False)  # bf16 autocast needs no loss scaling
+        self.epoch, self.step, self.best = 0, 0, math.inf
+        if state is not None:
+            self._restore(state, resume)
+        else:
+            mean, std = pose_statistics(self.train_set.source, self.train_set.names, cfg.data,
+                                        cfg.model.stats_sequences)
+            self.model.set_standardisation(torch.from_numpy(mean), torch.from_numpy(std))
+        forward_model = torch.compile(self.model) if cfg.train.compile else self.model
+        self.forward_model = forward_model
+        if dist_info.enabled:
+            # Codebook buffers are kept equal by the codebooks' own all-reduce; no re-broadcast.
+            ids = [dist_info.local_rank] if self.device.type == "cuda" else None
+            self.forward_model = DDP(forward_model, device_ids=ids, broadcast_buffers=False)
+        self.writer = self._tensorboard()
+
+    # -- setup helpers -----------------------------------------------------------------
+    def _check_resume(self, path: str) -> dict[str, Any]:
+        state = load_checkpoint(path, self.device)
+        stored = config_from_checkpoint(state, path)
+        diffs = config_differences(to_dict(stored.model), to_dict(self.cfg.model), "model.")
+        if stored.data.chunk_len != self.cfg.data.chunk_len:
+            diffs.append(f"data.chunk_len: {stored.data.chunk_len} vs {self.cfg.data.chunk_len}")
+        if diffs:
+            raise CheckpointError(f"{path}: checkpoint was trained with another model config "
+                                  f"(checkpoint vs now): {'; '.join(diffs)}")
+        missing = [k for k in ("optimizer", "epoch", "step", "rng") if k not in state]
+        if missing:
+            raise CheckpointError(f"{path}: cannot resume, missing {', '.join(missing)} (an export-only file?)")
+        return state
+
+    def _run_dir(self, resume: str | None) -> Path:
+        if resume and (Path(resume).parent / "config.yaml").is_file():
+            run = Path(resume).parent  # continue the same run: metrics.jsonl keeps growing
+            save_config(self.cfg, run / "config.yaml")
+            return run
+        return create_run_dir(self.cfg)
+
+    def _restore(self, state: dict[str, Any], path: str) -> None:
+        load_model_state(self.model, state["model"], path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state.get("scaler", {}))
+        self.epoch, self.step, self.best = int(state["epoch"]), int(state["step"]), float(state["best"])
+        set_rng_state(state["rng"])
+        log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
+
+    def _batch_size(self) -> int:
+        bs = self.cfg.train.batch_size
+        if bs != "auto":
+            if not isinstance(bs, int) or bs < 1:
+                raise ValueError(f"train.batch_size must be a positive int or 'auto', got {bs!r}")
+            return bs
+        if self.device.type != "cuda":
+            log.warning("train.batch_size=auto needs CUDA; using 32 on %s", self.device)
+            return 32
+        found = find_batch_size(self._probe_batch)
+        if self.dist.enabled:
+            t = torch.tensor([found], device=self.device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+            found = int(t)
+        log.info("train.batch_size=auto: %d sequences fit", found)
+        return found
+
+    def _probe_batch(self, bs: int) -> None:
+        """One forward/backward at the worst case: ``bs`` sequences of the longest length."""
+        longest = max(self.train_set.lengths.values())
+        frames = min(longest, self.cfg.data.max_frames) if self.cfg.data.max_frames else longest
+        chunks = -(-int(frames * 1.25) // self.cfg.data.chunk_len)  # time warp can stretch by 25%
+        n, length = bs * chunks, self.cfg.data.chunk_len
+        x = torch.randn(n, length, kp.NUM_STREAM_POINTS, 2, device=self.device)
+        conf = torch.ones(n, length, kp.NUM_STREAM_POINTS, dtype=torch.bool, device=self.device)
+        probe = SignTokenizer(self.cfg.model, length).to(self.device)
+        with autocast(self.device, self.cfg):
+            out = probe(x, conf)
+            loss = compute_losses(out, x, conf, torch.ones(bs, chunks, dtype=torch.bool, device=self.device),
+                                  self.cfg.loss, self.cfg.model.rvq.commitment_beta)["total"]
+        loss.backward()
+        del probe, out, loss
+
+    def _tensorboard(self):
+        if not self.dist.is_main:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+        return SummaryWriter(str(self.run_dir))
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self) -> Path | None:
+        """Train from ``self.epoch`` to ``train.epochs``; returns the run folder (main process)."""
+        cfg = self.cfg.train
+        log.info("training %d epochs x %d steps, batch %d sequences/process, %s",
+                 cfg.epochs, len(self.train_loader), self.batch_size, self.train_set.report.summary())
+        try:
+            while self.epoch < cfg.epochs:
+                start = time.time()
+                train_figures = self.train_epoch()
+                record = {"epoch": self.epoch + 1, "step": self.step, "lr": lr_at(self.step, cfg, self.total_steps),
+                          "train": train_figures}
+                last = self.epoch + 1 == cfg.epochs
+                if (self.epoch + 1) % cfg.val_every == 0 or last:
+                    record.update(self.validate(codebook=(self.epoch + 1) % cfg.codebook_every == 0 or last))
+                if cfg.token_samples_every and ((self.epoch + 1) % cfg.token_samples_every == 0 or last):
+                    self.write_token_samples()
+                record["ranks_agree"] = distributed.ranks_agree(self.model)
+                if not record["ranks_agree"]:
+                    raise RuntimeError("ranks hold different weights or codebooks; stopping")
+                self.epoch += 1
+                record["time_s"] = time.time() - start
+                self.save(record)
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        return self.run_dir
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the training split; returns the epoch's mean of every loss term."""
+        cfg, model = self.cfg, self.forward_model
+        self.train_loader.sampler.set_epoch(self.epoch)
+        self.train_set.set_epoch(self.epoch)
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        chunks = 0
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
+                   disable=not self.dist.is_main or None, leave=False)
+        tick = time.time()
+        for batch in bar:
+            lr = lr_at(self.step, cfg.train, self.total_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            batch = batch.to(self.device)
+            x, conf = batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask]
+            with autocast(self.device, cfg):
+                out = model(x, conf)
+                losses = compute_losses(out, x, conf, batch.chunk_mask, cfg.loss, cfg.model.rvq.commitment_beta)
+            self._check_finite(losses)
+            self.scaler.scale(losses["total"]).backward()
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            n = x.shape[0]
+            chunks += n
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0) + v.detach().float() * n
+            if self.dist.is_main:
+                bar.set_postfix(loss=f"{losses['total'].item():.4f}")
+                if self.step % cfg.train.log_every == 0:
+                    rate = chunks * self.dist.world_size / max(time.time() - tick, 1e-9)
+                    log.info("epoch %d step %d loss %.4f recon %.4f lr %.2e grad %.2f %.0f chunks/s",
+                             self.epoch + 1, self.step, losses["total"].item(), losses["recon"].item(),
+                             lr, float(grad_norm), rate)
+                    for k in ("total", "recon", "commit", "temporal", "usage"):
+                        self.writer.add_scalar(f"train/{k}", losses[k].item(), self.step)
+                    self.writer.add_scalar("train/lr", lr, self.step)
+        keys = sorted(sums)
+        flat = distributed.all_reduce_sum(torch.stack([sums[k] for k in keys] + [torch.tensor(
+            float(chunks), device=self.device)]))
+        means = {k: float(v / flat[-1]) for k, v in zip(keys, flat[:-1])}
+        means["chunks_per_s"] = float(flat[-1]) / max(time.time() - tick, 1e-9)
+        return means
+
+    def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        # Every rank takes the same decision, so no rank is left waiting in a collective.
+        bad = torch.tensor([0.0 if torch.isfinite(losses["total"]) else 1.0], device=self.device)
+        if float(distributed.all_reduce_sum(bad)) > 0:
+            terms = {k: float(v) for k, v in losses.items() if "/" not in k}
+            raise NonFiniteLoss(f"non-finite loss at epoch {self.epoch + 1}, step {self.step} ({terms}); "
+                                f"stopping. Last good checkpoint: {self.run_dir}/ckpt_last.pt")
+
+    def validate(self, codebook: bool) -> dict[str, Any]:
+        """Validation figures reduced over ranks; codebook health when asked."""
+        ev, _ = evaluate(self.model, self.val_loader, self.cfg, self.device)
+        ev.reduce()
+        result = ev.result()
+        out: dict[str, Any] = {"val": result}
+        if self.dist.is_main:
+            log.info("val epoch %d: recon %.4f | mpjpe px %s", self.epoch + 1, result["loss"]["recon"],
+                     " ".join(f"{k} {v:.2f}" for k, v in result["mpjpe_px"].items()))
+            for k, v in result["loss"].items():
+                self.writer.add_scalar(f"val/{k}", v, self.step)
+            for k, v in result["mpjpe_px"].items():
+                self.writer.add_scalar(f"val/mpjpe_px/{k}", v, self.step)
+        if codebook:
+            out["codebook"] = ev.codebook_health(self.model)
+            if self.dist.is_main:
+                self._log_codebook(out["codebook"], ev.counts)
+        return out
+
+    def _log_codebook(self, health: dict, counts: np.ndarray) -> None:
+        log.info("codebook usage %% (l0..): %s", " | ".join(
+            f"{s} " + "/".join(f"{100 * lv['usage']:.1f}" for lv in levels.values()) for s, levels in health.items()))
+        for s, (stream, levels) in enumerate(health.items()):
+            for level, stats in levels.items():
+                for key in ("usage", "perplexity", "entropy", "dead"):
+                    self.writer.add_scalar(f"codebook/{key}/{stream}/{level}", stats[key], self.step)
+                c = counts[s, int(level[1:])].astype(np.float64)
+                ids = np.arange(c.size, dtype=np.float64)
+                if c.sum() > 0:
+                    self.writer.add_histogram_raw(
+                        f"codebook/hist/{stream}/{level}", min=0, max=c.size - 1, num=c.sum(),
+                        sum=(ids * c).sum(), sum_squares=(ids ** 2 * c).sum(),
+                        bucket_limits=(ids + 1).tolist(), bucket_counts=c.tolist(), global_step=self.step)
+
+    def write_token_samples(self) -> None:
+        """Tokens of a few fixed validation sequences (log + file), to watch them settle."""
+        if not self.dist.is_main:
+            return
+        names = self.val_set.names[:self.cfg.train.num_token_samples]
+        batch = collate([self.val_set[i] for i in range(len(names))]).to(self.device)
+        self.model.eval()
+        codes = self.model.encode(batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask]).cpu().numpy()
+        self.model.train()
+        settings = TokenSettings(self.cfg.data.fps, self.cfg.data.chunk_len, self.cfg.model.rvq.codebook_size,
+                                 self.cfg.model.rvq.levels, max_run=self.cfg.export.max_run)
+        records, start = [], 0
+        for name, c in zip(names, batch.chunk_mask.sum(1).tolist()):
+            record, _ = sequence_record(name, codes[start:start + c], settings, {"epoch": self.epoch + 1})
+            records.append(record)
+            start += c
+        folder = self.run_dir / "token_samples"
+        folder.mkdir(exist_ok=True)
+        write_jsonl_atomic(folder / f"epoch_{self.epoch + 1:04d}.jsonl", records)
+        preview = records[0]["template"]
+        log.info("tokens %s: %s", records[0]["video_name"], preview[:160] + ("..." if len(preview) > 160 else ""))
+        self.writer.add_text("tokens/samples", "\n\n".join(f"{r['video_name']}: {r['template']}" for r in records),
+                             self.step)
+
+    def save(self, record: dict[str, Any]) -> None:
+        """metrics.jsonl line, TensorBoard, and checkpoints (last, best, periodic) on the main process."""
+        if not self.dist.is_main:
+            return
+        append_jsonl(self.run_dir / "metrics.jsonl", record)
+        val = record.get("val")
+        improved = val is not None and val["loss"]["recon"] < self.best
+        if improved:
+            self.best = val["loss"]["recon"]
+        state = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "scheduler": {"step": self.step, "total_steps": self.total_steps},
+            "epoch": self.epoch, "step": self.step, "best": self.best, "config": to_dict(self.cfg),
+            "rng": rng_state(), "metrics": {"val": val} if val else {},
+        }
+        save_checkpoint(self.run_dir / "ckpt_last.pt", state)
+        if improved:
+            save_checkpoint(self.run_dir / "ckpt_best.pt", state)
+        if self.epoch % self.cfg.train.ckpt_every == 0:
+            save_checkpoint(self.run_dir / f"ckpt_epoch{self.epoch}.pt", state)
+        self.writer.flush()
+
+
+def train(cfg: Config, resume: str | None = None, require_distributed: bool = False) -> Path | None:
+    """Train a tokenizer; under torchrun (RANK set) with DDP. Returns the run folder on rank 0."""
+    if require_distributed and "RANK" not in os.environ:
+        raise RuntimeError("train-rvq-ddp runs under torchrun: "
+                           "torchrun --nproc_per_node=N run.py train-rvq-ddp --config ... "
+                           "(or use train-rvq for one process)")
+    info = distributed.setup(cfg.train.device)
+    try:
+        return Trainer(cfg, info, resume).fit()
+    finally:
+        distributed.teardown()

@@ -1,0 +1,1 @@
+"""Plots and videos: skeleton renders of poses, token timelines, codebook usage."""

@@ -1,0 +1,213 @@
+"""Plots and renders of src.viz: files written, image sizes, frame counts, token decoding."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from matplotlib.colors import to_rgb
+
+from src.data.keypoints import BODY_BONES, LEFT_HAND, NUM_ROWS, RIGHT_HAND
+from src.viz import skeleton
+from src.viz._figure import atomic_path, new_figure
+from src.viz.skeleton import draw_pose, render_comparison
+from src.viz.tokens import _decode, code_usage, plot_codebook_usage, plot_token_timeline
+
+W, H = 512, 512
+ANIM_HW = tuple(round(v * skeleton._ANIM_DPI) for v in skeleton._FIGSIZE[::-1])
+PNG_HW = tuple(round(v * skeleton._PNG_DPI) for v in skeleton._FIGSIZE[::-1])
+
+
+def make_poses(t: int, seed: int = 0) -> np.ndarray:
+    """``[t, 134, 3]`` poses: random points in the frame, the signer's left hand on the
+    image's right half and the right hand on the left half, all scores 1."""
+    rng = np.random.default_rng(seed)
+    pose = np.zeros((t, NUM_ROWS, 3), np.float32)
+    pose[:, 0] = (W, H, 0)
+    pose[:, 1:, 0] = rng.uniform(150, 350, (t, NUM_ROWS - 1))
+    pose[:, 1:, 1] = rng.uniform(100, 450, (t, NUM_ROWS - 1))
+    pose[:, LEFT_HAND.start:LEFT_HAND.stop, 0] = rng.uniform(330, 400, (t, 21))
+    pose[:, RIGHT_HAND.start:RIGHT_HAND.stop, 0] = rng.uniform(110, 180, (t, 21))
+    pose[:, 1:, 2] = 1.0
+    return pose
+
+
+def only_file(folder: Path) -> Path:
+    """The one file in ``folder``: no temporary file may be left behind."""
+    files = list(folder.iterdir())
+    assert len(files) == 1, files
+    return files[0]
+
+
+def draw_to_pixels(pose: np.ndarray) -> np.ndarray:
+    fig = new_figure(4, 4, 80)
+    ax = fig.add_axes((0, 0, 1, 1))
+    draw_pose(ax, pose)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+
+
+def near_colour(img: np.ndarray, colour: str, tol: int = 30) -> np.ndarray:
+    rgb = np.array(to_rgb(colour)) * 255
+    return np.abs(img - rgb).max(axis=-1) < tol
+
+
+def test_draw_pose_sets_image_frame_and_hides_bad_points():
+    pose = make_poses(1)[0]
+    pose[6, :2] = np.nan      # left shoulder: 3 bones touch it
+    pose[7, 2] = 0.0          # right shoulder: 3 more bones
+    fig = new_figure(3, 3, 50)
+    ax = fig.add_subplot()
+    draw_pose(ax, pose, title="t")
+    assert ax.get_xlim() == (0, W) and ax.get_ylim() == (H, 0)  # image coords, y down
+    body, body_dots = ax.lines[0], ax.lines[1]
+    drawn_bones = np.isfinite(body.get_xdata()).sum() // 2
+    hidden = sum(1 for a, b in BODY_BONES if {a, b} & {6, 7})
+    assert drawn_bones == len(BODY_BONES) - hidden
+    assert len(body_dots.get_xdata()) == 17 - 2
+
+
+def test_hand_colours_follow_the_signers_side():
+    img = draw_to_pixels(make_poses(1)[0])
+    left = near_colour(img, skeleton._PARTS[2].colour)
+    right = near_colour(img, skeleton._PARTS[3].colour)
+    half = img.shape[1] // 2
+    assert left[:, half:].sum() > 20 and left[:, :half].sum() == 0
+    assert right[:, :half].sum() > 20 and right[:, half:].sum() == 0
+
+
+def test_nan_and_zero_score_points_are_not_drawn():
+    pose = make_poses(1)[0]
+    pose[LEFT_HAND.start:LEFT_HAND.stop, :2] = np.nan
+    pose[RIGHT_HAND.start:RIGHT_HAND.stop, 2] = 0.0
+    img = draw_to_pixels(pose)
+    assert not near_colour(img, skeleton._PARTS[2].colour).any()
+    assert not near_colour(img, skeleton._PARTS[3].colour).any()
+    assert near_colour(img, skeleton._PARTS[0].colour).any()  # body still there
+
+
+def test_gif_has_one_frame_per_pose_frame(tmp_path):
+    poses = make_poses(7)
+    out = render_comparison(poses, make_poses(7, seed=1), tmp_path / "cmp.gif")
+    assert out == tmp_path / "cmp.gif" and only_file(tmp_path) == out
+    frames = iio.imread(out, index=None)
+    assert frames.shape == (7, *ANIM_HW, 3)
+    assert not np.array_equal(frames[0], frames[1])
+
+
+def test_gif_max_frames_strides(tmp_path):
+    poses = make_poses(10)
+    out = render_comparison(poses, poses, tmp_path / "cmp.gif", max_frames=4)
+    assert iio.imread(out, index=None).shape[0] == 4  # frames 0, 3, 6, 9
+
+
+def test_png_is_one_frame_default_middle(tmp_path):
+    orig, recon = make_poses(9), make_poses(9, seed=1)
+    mid = render_comparison(orig, recon, tmp_path / "mid.png")
+    four = render_comparison(orig, recon, tmp_path / "four.png", frame=4)
+    first = render_comparison(orig, recon, tmp_path / "first.png", frame=0)
+    img = iio.imread(mid)
+    assert img.shape[:2] == PNG_HW
+    assert np.array_equal(img, iio.imread(four))
+    assert not np.array_equal(img, iio.imread(first))
+    with pytest.raises(IndexError):
+        render_comparison(orig, recon, tmp_path / "bad.png", frame=9)
+
+
+def test_pose_with_nans_and_zero_scores_renders(tmp_path):
+    poses = make_poses(3)
+    poses[:, 5:40, :2] = np.nan
+    poses[:, 40:80, 2] = 0.0
+    poses[0] = np.nan  # a lost frame, size row included
+    out = render_comparison(poses, poses, tmp_path / "nan.gif")
+    frames = iio.imread(out, index=None)
+    assert frames.shape == (3, *ANIM_HW, 3)
+    assert not np.array_equal(frames[0], frames[1])
+
+
+def test_view_keeps_video_size_when_first_frame_is_lost():
+    poses = make_poses(3)
+    poses[0] = np.nan
+    fig = skeleton._ComparisonFigure(poses, poses, ("a", "b"), 0.3, 40)
+    assert [ax.get_xlim() for ax in fig.fig.axes[:2]] == [(0, W), (0, W)]
+
+
+def test_mp4_falls_back_to_gif_without_ffmpeg(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(skeleton, "_ffmpeg_available", lambda: False)
+    poses = make_poses(4)
+    with caplog.at_level(logging.WARNING, logger=skeleton.__name__):
+        out = render_comparison(poses, poses, tmp_path / "cmp.mp4")
+    assert out == tmp_path / "cmp.gif" and only_file(tmp_path) == out
+    assert iio.imread(out, index=None).shape[0] == 4
+    assert "ffmpeg" in caplog.text
+
+
+def test_mp4_with_ffmpeg(tmp_path):
+    pytest.importorskip("imageio_ffmpeg")
+    poses = make_poses(4)
+    out = render_comparison(poses, poses, tmp_path / "cmp.mp4")
+    assert out.suffix == ".mp4" and out.stat().st_size > 0
+
+
+def test_bad_inputs_are_rejected(tmp_path):
+    poses = make_poses(3)
+    with pytest.raises(ValueError):
+        render_comparison(poses, poses[:2], tmp_path / "x.gif")
+    with pytest.raises(ValueError):
+        render_comparison(poses, poses, tmp_path / "x.avi")
+
+
+def test_atomic_path_keeps_old_file_on_failure(tmp_path):
+    out = tmp_path / "a.png"
+    out.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(out) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError
+    assert out.read_text() == "old" and only_file(tmp_path) == out
+
+
+def nc_record() -> dict:
+    tokens = [
+        {"t": 0, "F": [1, 2], "LH": [3, 4], "RH": [5, 6]},
+        {"t": 1, "F": ["NC", 3], "LH": [7, 8], "RH": [9, 10]},
+        {"t": 2, "LH": ["NC", 2], "RH": [11, 12]},
+        {"t": 3, "RH": [13, 14]},
+        {"t": 4, "F": [15, 16], "LH": [17, 18], "RH": ["NC", 2]},
+    ]
+    return {"video_name": "vid", "fps": 30, "chunk_len": 10, "tokens": tokens, "rle": True,
+            "meta": {"codebook_size": 32, "num_levels": 2}}
+
+
+def test_decode_expands_nc_runs():
+    tl = _decode(nc_record())
+    assert tl.streams == ["F", "LH", "RH"] and tl.num_chunks == 6  # RH's run reaches t=5
+    assert tl.codes["F"] == [[1, 2], [1, 2], [1, 2], [1, 2], [15, 16], None]
+    assert tl.codes["LH"] == [[3, 4], [7, 8], [7, 8], [7, 8], [17, 18], None]
+    assert tl.codes["RH"][4:] == [[13, 14], [13, 14]]
+    assert tl.nc_runs == {"F": [(1, 3)], "LH": [(2, 2)], "RH": [(4, 2)]}
+
+
+def test_token_timeline_png(tmp_path):
+    out = plot_token_timeline(nc_record(), tmp_path / "tl.png")
+    assert only_file(tmp_path) == out
+    img = iio.imread(out)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 300
+
+
+def test_code_usage():
+    assert code_usage(np.zeros(8)) == (0.0, 1.0)
+    usage, ppl = code_usage(np.array([5, 5, 5, 5, 0, 0, 0, 0]))
+    assert usage == 0.5 and ppl == pytest.approx(4.0)
+    assert code_usage(np.array([0, 9, 0]))[1] == pytest.approx(1.0)
+
+
+def test_codebook_usage_png_with_unused_level(tmp_path):
+    rng = np.random.default_rng(0)
+    counts = {s: rng.integers(0, 50, (3, 64)) for s in ("F", "LH", "RH")}
+    counts["LH"][2] = 0
+    out = plot_codebook_usage(counts, tmp_path / "usage.png", title="epoch 1")
+    assert only_file(tmp_path) == out
+    img = iio.imread(out)
+    assert img.ndim == 3 and img.shape[1] > img.shape[0]  # levels + heatmap are wider than 3 rows
