@@ -29,12 +29,13 @@ def run(fn: Callable[[], int | None]) -> int:
     """Run a command body; known input errors print one line (file and fix) and exit 2."""
     from src.data.source import DataError
     from src.train.checkpoint import CheckpointError
+    from src.train.distributed import LaunchError
 
     from src.train.runlog import setup_logging
 
     setup_logging()
     try:
         return fn() or 0
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, LaunchError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

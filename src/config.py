@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -94,7 +94,7 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 100
-    batch_size: int | str = 32       # sequences per step and process; "auto" on CUDA
+    batch_size: int | Literal["auto"] = 32  # sequences per step and process; "auto" on CUDA
     lr: float = 3e-4
     weight_decay: float = 0.01
     warmup_steps: int = 200
@@ -167,7 +167,11 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError:
                 pass
-        raise ConfigError(f"{key}: {value!r} fits none of {typ}")
+        raise ConfigError(f"{key}: expected {_type_name(typ)}, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(typ):
+            return value
+        raise ConfigError(f"{key}: expected one of {list(typing.get_args(typ))}, got {value!r}")
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -196,7 +200,15 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-    raise ConfigError(f"{key}: expected {getattr(typ, '__name__', typ)}, got {value!r}")
+    raise ConfigError(f"{key}: expected {_type_name(typ)}, got {value!r}")
+
+
+def _type_name(typ: Any) -> str:
+    if typing.get_origin(typ) is Literal:
+        return " or ".join(repr(v) for v in typing.get_args(typ))
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(t) for t in typing.get_args(typ))
+    return getattr(typ, "__name__", str(typ))
 
 
 def _hints(cls: type) -> dict[str, Any]:

@@ -48,6 +48,7 @@ def make_sample(raw: np.ndarray, cfg: DataConfig, rng: np.random.Generator | Non
         "centres": chunk(centres, cfg.chunk_len)[0],
         "unit": np.float32(unit),
         "num_frames": pose.xy.shape[0],
+        "size": np.array(pose.size, dtype=np.float32),
     }
 
 

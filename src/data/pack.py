@@ -1,9 +1,10 @@
 """Pack every ``<name>.npy`` of a root into one memory-mapped array plus an index.
 
 Per-file loading of ~20k small files is slow on a cold cache; one contiguous array read
-through ``np.load(mmap_mode="r")`` is not. The index maps name -> (offset, length).
-Both files are written under temporary names and renamed; the index goes last, so a
-pack that has an index is complete.
+through ``np.load(mmap_mode="r")`` is not. The index maps name -> (offset, length) and
+records each file's size and mtime, so a reader can tell a stale pack (files changed since)
+and fall back to the files. Both files are written under temporary names and renamed; the
+index goes last, so a pack that has an index is complete.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from src.data import keypoints as kp
-from src.data.source import PACK_ARRAY, PACK_INDEX, DataError
+from src.data.source import PACK_ARRAY, PACK_DIR, PACK_INDEX, PACK_VERSION, DataError, file_stamps
 
 
 def _shapes(pose_dir: Path, names: list[str]) -> tuple[dict[str, int], dict[str, str]]:
@@ -32,6 +33,11 @@ def _shapes(pose_dir: Path, names: list[str]) -> tuple[dict[str, int], dict[str,
     return lengths, bad
 
 
+def pack_dir_of(root: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Where a pack of ``root`` goes: ``out_dir``, else ``<root>/packed`` (found there automatically)."""
+    return Path(out_dir) if out_dir else Path(root) / PACK_DIR
+
+
 def write_pack(root: str | Path, out_dir: str | Path | None = None, pose_dir: str = "frames_512x512",
                progress: bool = True) -> dict:
     """Pack ``<root>/<pose_dir>/*.npy``; returns the index (with skipped files and reasons)."""
@@ -40,28 +46,37 @@ def write_pack(root: str | Path, out_dir: str | Path | None = None, pose_dir: st
     pose_path = Path(root) / pose_dir
     if not pose_path.is_dir():
         raise DataError(f"pose folder not found: {pose_path}")
-    out = Path(out_dir) if out_dir else Path(root) / "packed"
-    out.mkdir(parents=True, exist_ok=True)
-    names = sorted(p.stem for p in pose_path.glob("*.npy"))
+    out = pack_dir_of(root, out_dir)
+    stamps = file_stamps(pose_path)  # before reading: a file rewritten meanwhile makes the pack stale
+    names = list(stamps)
     if not names:
         raise DataError(f"no .npy files in {pose_path}")
     lengths, bad = _shapes(pose_path, names)
+    if not lengths:
+        raise DataError(f"no [T, {kp.NUM_ROWS}, 3] pose array in {pose_path} to pack "
+                        f"(e.g. {names[0]}.npy: {bad[names[0]]})")
     total = sum(lengths.values())
+    out.mkdir(parents=True, exist_ok=True)
 
     tmp_array = out / (PACK_ARRAY + ".tmp.npy")
-    array = np.lib.format.open_memmap(tmp_array, mode="w+", dtype=np.float32, shape=(total, kp.NUM_ROWS, 3))
-    items, offset = {}, 0
-    for name in tqdm(lengths, desc="pack", unit="seq", disable=not progress or None):
-        n = lengths[name]
-        array[offset:offset + n] = np.load(pose_path / f"{name}.npy")
-        items[name] = [offset, n]
-        offset += n
-    array.flush()
-    del array
-    (out / PACK_INDEX).unlink(missing_ok=True)  # an old index must never describe the new array
-    os.replace(tmp_array, out / PACK_ARRAY)
+    try:
+        array = np.lib.format.open_memmap(tmp_array, mode="w+", dtype=np.float32,
+                                          shape=(total, kp.NUM_ROWS, 3))
+        items, offset = {}, 0
+        for name in tqdm(lengths, desc="pack", unit="seq", disable=not progress or None):
+            n = lengths[name]
+            array[offset:offset + n] = np.load(pose_path / f"{name}.npy")
+            items[name] = [offset, n]
+            offset += n
+        array.flush()
+        del array
+        (out / PACK_INDEX).unlink(missing_ok=True)  # an old index must never describe the new array
+        os.replace(tmp_array, out / PACK_ARRAY)
+    finally:
+        tmp_array.unlink(missing_ok=True)
 
-    index = {"version": 1, "total_frames": total, "items": items, "skipped": bad}
+    index = {"version": PACK_VERSION, "total_frames": total, "items": items, "skipped": bad,
+             "stamps": stamps}
     tmp_index = out / (PACK_INDEX + ".tmp")
     tmp_index.write_text(json.dumps(index))
     os.replace(tmp_index, out / PACK_INDEX)

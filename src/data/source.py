@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,10 @@ from src.data import keypoints as kp
 
 log = logging.getLogger(__name__)
 
+PACK_DIR = "packed"  # default pack folder under the root
 PACK_ARRAY = "poses.npy"
 PACK_INDEX = "index.json"
+PACK_VERSION = 2
 
 
 class DataError(RuntimeError):
@@ -42,13 +45,20 @@ class PoseSource:
     def __init__(self, root: str | Path, pose_dir: str = "frames_512x512", pack_dir: str = ""):
         self.root = Path(root)
         self.pose_dir = self.root / pose_dir
-        pack = Path(pack_dir) if pack_dir else self.root / "packed"
+        pack = Path(pack_dir) if pack_dir else self.root / PACK_DIR
         self.pack_dir = pack if (pack / PACK_INDEX).is_file() else None
         self._index: dict[str, tuple[int, int]] = {}
         self._array: np.ndarray | None = None
         if self.pack_dir is not None:
             meta = read_json(self.pack_dir / PACK_INDEX, "pack index")
-            self._index = {k: (int(v[0]), int(v[1])) for k, v in meta["items"].items()}
+            problem = pack_problem(self.pack_dir, self.pose_dir, meta)
+            if problem:
+                # A stale pack would silently train on old arrays: read the files instead.
+                log.warning("%s: pack not used, %s; reading per-file .npy "
+                            "(fix: python run.py data-pack --root %s)", self.pack_dir, problem, self.root)
+                self.pack_dir = None
+            else:
+                self._index = {k: (int(v[0]), int(v[1])) for k, v in meta["items"].items()}
 
     @property
     def packed(self) -> bool:
@@ -76,6 +86,40 @@ class PoseSource:
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_array": None}  # never pickle the memmap into workers
+
+
+def file_stamps(pose_dir: Path) -> dict[str, list[int]]:
+    """``name -> [size in bytes, mtime in ns]`` of every ``.npy`` in ``pose_dir`` (stat only, no reads)."""
+    with os.scandir(pose_dir) as entries:
+        stats = {e.name[:-4]: e.stat() for e in entries if e.name.endswith(".npy") and e.is_file()}
+    return {name: [st.st_size, st.st_mtime_ns] for name, st in sorted(stats.items())}
+
+
+def pack_problem(pack_dir: Path, pose_dir: Path, meta: dict) -> str | None:
+    """Why the pack in ``pack_dir`` (index ``meta``) must not be used, or None when it is current.
+
+    The index records every file's size and mtime at packing time; any file added, removed
+    or rewritten since makes the pack stale. Without a pose folder the pack is all there is.
+    """
+    if meta.get("version") != PACK_VERSION or "stamps" not in meta or "items" not in meta:
+        return f"index of version {meta.get('version')}, not {PACK_VERSION}, or without items and stamps"
+    try:
+        array = np.load(pack_dir / PACK_ARRAY, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        return f"cannot open {PACK_ARRAY} ({e.__class__.__name__})"
+    ends = [int(start) + int(length) for start, length in meta["items"].values()]
+    if array.shape[1:] != (kp.NUM_ROWS, 3) or array.shape[0] != meta.get("total_frames") \
+            or max(ends, default=0) > array.shape[0]:
+        return f"{PACK_ARRAY} of shape {list(array.shape)} does not match the index"
+    if not pose_dir.is_dir():
+        return None
+    now, then = file_stamps(pose_dir), meta["stamps"]
+    if now != then:
+        added, removed = now.keys() - then.keys(), then.keys() - now.keys()
+        changed = [n for n in now.keys() & then.keys() if now[n] != then[n]]
+        return (f"stale: {len(added)} files added, {len(removed)} removed, {len(changed)} changed "
+                f"since packing (e.g. {sorted(added | removed | set(changed))[0]})")
+    return None
 
 
 @dataclass

@@ -20,6 +20,8 @@ from src.metrics.codebook import code_counts, usage_stats
 from src.metrics.recon import chunk_linear_oracle, chunk_mean_oracle, mpjpe_sums
 from src.metrics.temporal import adjacent_chunk_changes, boundary_jump_sums, frame_motion_sums, timeline_px
 from src.models.tokenizer import SignTokenizer
+from src.tokens.rle import count_codes, count_tokens, rle_encode
+from src.tokens.sequence import codes_to_streams
 from src.train.distributed import all_reduce_sum
 
 S = len(kp.STREAMS)
@@ -41,9 +43,9 @@ class Evaluator:
         self.num_chunks = 0
         self.num_sequences = 0
 
-    def _add(self, name: str, sums: torch.Tensor, counts: torch.Tensor | float) -> None:
-        pair = torch.stack([torch.as_tensor(sums, dtype=torch.float64).cpu().reshape(-1),
-                            torch.as_tensor(counts, dtype=torch.float64).cpu().reshape(-1).expand(sums.numel())])
+    def _add(self, name: str, sums: torch.Tensor | float, counts: torch.Tensor | float) -> None:
+        sums = torch.as_tensor(sums, dtype=torch.float64).cpu().reshape(-1)
+        pair = torch.stack([sums, torch.as_tensor(counts, dtype=torch.float64).cpu().reshape(-1).expand(sums.numel())])
         self.sums[name] = self.sums[name] + pair if name in self.sums else pair
 
     @torch.no_grad()
@@ -70,6 +72,12 @@ class Evaluator:
         self._add("jump_rec_px", *boundary_jump_sums(rec, mask, chunk_len))
         self.changes["rec"].append(adjacent_chunk_changes(rec, mask, cm, chunk_len).cpu())
         self.changes["gt"].append(adjacent_chunk_changes(gt, mask, cm, chunk_len).cpu())
+        codes, start = out.vq.codes.cpu().numpy(), 0
+        for c in cm.sum(1).tolist():
+            streams = codes_to_streams(codes[start:start + c])
+            self._add("rle_tokens", count_tokens(rle_encode(streams, max_run=self.cfg.export.max_run)),
+                      count_codes(streams))
+            start += c
 
     def reduce(self) -> None:
         """Sum every figure over ranks (the percentiles of ``full`` stay per process)."""
@@ -104,6 +112,10 @@ class Evaluator:
             out["oracle_chunk_mean_px"] = self._per_stream("oracle_chunk_mean_px")
             out["oracle_chunk_linear_px"] = self._per_stream("oracle_chunk_linear_px")
             out["temporal"] = self._temporal()
+            tokens, codes = self.sums["rle_tokens"][:, 0].tolist()
+            levels = self.counts.shape[1]
+            out["tokens"] = {"codes_per_chunk": levels * S, "tokens_per_chunk_rle": tokens / max(self.num_chunks, 1),
+                             "rle_compression": 1 - tokens / max(codes, 1)}
         return out
 
     def _temporal(self) -> dict:

@@ -42,6 +42,10 @@ class StreamFrameEmbedding(nn.Module):
         self.concat = cfg.type_embedding == "concat"
         if cfg.type_embedding not in ("add", "concat"):
             raise ValueError(f"model.type_embedding must be add or concat, got {cfg.type_embedding!r}")
+        if self.concat and not 0 < cfg.type_dim < cfg.width:
+            # type_dim >= width would leave the per-stream projections no channels (or fail obscurely).
+            raise ValueError(f"model.type_dim must be in (0, model.width={cfg.width}) with concat, "
+                             f"got {cfg.type_dim}")
         type_width = cfg.type_dim if self.concat else cfg.width
         self.in_width = cfg.width - type_width if self.concat else cfg.width
         self.stream = nn.Parameter(torch.randn(num_streams, type_width) * 0.02)

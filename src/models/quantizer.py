@@ -260,8 +260,12 @@ class MultiStreamRVQ(nn.Module):
         self.streams = nn.ModuleDict({name: ResidualQuantizer(dim, cfg) for name in kp.STREAM_NAMES})
 
     def forward(self, z: torch.Tensor, num_active: torch.Tensor | None = None) -> QuantizedResult:
-        """z (N, S, D) -> quantized (N, S, D), codes (N, S, levels), per-stream losses (S,)."""
-        results = [q(z[:, i], num_active) for i, q in enumerate(self.streams.values())]
+        """z (N, S, D) -> quantized (N, S, D), codes (N, S, levels), per-stream losses (S,).
+
+        Always fp32, also under autocast: bf16 distances would pick wrong nearest codes.
+        """
+        with torch.autocast(z.device.type, enabled=False):
+            results = [q(z[:, i].float(), num_active) for i, q in enumerate(self.streams.values())]
         return QuantizedResult(
             torch.stack([r.quantized for r in results], 1), torch.stack([r.codes for r in results], 1),
             torch.stack([r.commit_loss for r in results]), torch.stack([r.usage_loss for r in results]))
@@ -269,7 +273,14 @@ class MultiStreamRVQ(nn.Module):
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z (N, S, D) -> codes (N, S, levels)."""
-        return torch.stack([q.encode(z[:, i]) for i, q in enumerate(self.streams.values())], 1)
+        return self.encode_with_residuals(z)[0]
+
+    @torch.no_grad()
+    def encode_with_residuals(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes (N, S, levels) and the relative residual norm after each level (N, S, levels)."""
+        with torch.autocast(z.device.type, enabled=False):
+            pairs = [q.encode_with_residuals(z[:, i].float()) for i, q in enumerate(self.streams.values())]
+        return torch.stack([c for c, _ in pairs], 1), torch.stack([r for _, r in pairs], 1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (N, S, levels) -> (N, S, D)."""

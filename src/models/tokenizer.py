@@ -44,7 +44,8 @@ class SignTokenizer(nn.Module):
         self.point_mean.copy_(torch.as_tensor(mean))
         self.point_std.copy_(torch.as_tensor(std))
 
-    def _encode_latent(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    def encode_latent(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        """x (N, L, P, 2) local units, observed (N, L, P) -> latents (N, S, D) before quantisation."""
         return self.encoder((x - self.point_mean) / self.point_std, observed)
 
     def _levels_per_row(self, n: int, device: torch.device) -> torch.Tensor | None:
@@ -58,14 +59,14 @@ class SignTokenizer(nn.Module):
 
     def forward(self, x: torch.Tensor, observed: torch.Tensor) -> TokenizerOutput:
         """x (N, L, P, 2), observed (N, L, P) -> reconstruction, latents and quantiser output."""
-        z = self._encode_latent(x, observed)
+        z = self.encode_latent(x, observed)
         vq = self.quantizer(z, self._levels_per_row(x.shape[0], x.device))
         return TokenizerOutput(self.decode(vq.quantized), z, vq)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
         """x (N, L, P, 2), observed (N, L, P) -> codes (N, S, levels)."""
-        return self.quantizer.encode(self._encode_latent(x, observed))
+        return self.quantizer.encode(self.encode_latent(x, observed))
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (N, S, levels) -> quantized latents (N, S, D); fewer levels decode coarser."""

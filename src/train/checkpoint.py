@@ -35,7 +35,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {e})") from None
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {first_line})") from None
     missing = [k for k in ("model", "config") if k not in state]
     if missing:
         raise CheckpointError(f"{path}: not a SignStream checkpoint (missing {', '.join(missing)})")

@@ -8,6 +8,10 @@ import torch
 import torch.distributed as dist
 
 
+class LaunchError(RuntimeError):
+    """A distributed command started the wrong way; the message says how to launch it."""
+
+
 @dataclass
 class DistInfo:
     rank: int = 0
@@ -63,7 +67,7 @@ def ranks_agree(module: torch.nn.Module) -> bool:
     """True when every rank holds the same parameters and buffers (compares checksums)."""
     if not (dist.is_available() and dist.is_initialized()):
         return True
-    values = [t.detach().double().sum() for t in module.state_dict().values() if t.is_floating_point()]
+    values = [t.detach().double().sum() for t in module.state_dict().values()]
     mine = torch.stack(values).to(next(module.parameters()).device)
     low, high = mine.clone(), mine.clone()
     dist.all_reduce(low, op=dist.ReduceOp.MIN)

@@ -160,8 +160,8 @@ class Trainer:
     def _batch_size(self) -> int:
         bs = self.cfg.train.batch_size
         if bs != "auto":
-            if not isinstance(bs, int) or bs < 1:
-                raise ValueError(f"train.batch_size must be a positive int or 'auto', got {bs!r}")
+            if bs < 1:
+                raise ValueError(f"train.batch_size must be >= 1 or 'auto', got {bs}")
             return bs
         if self.device.type != "cuda":
             log.warning("train.batch_size=auto needs CUDA; using 32 on %s", self.device)
@@ -277,7 +277,7 @@ class Trainer:
         # Every rank takes the same decision, so no rank is left waiting in a collective.
         bad = torch.tensor([0.0 if torch.isfinite(losses["total"]) else 1.0], device=self.device)
         if float(distributed.all_reduce_sum(bad)) > 0:
-            terms = {k: float(v) for k, v in losses.items() if "/" not in k}
+            terms = {k: v.item() for k, v in losses.items() if "/" not in k}
             raise NonFiniteLoss(f"non-finite loss at epoch {self.epoch + 1}, step {self.step} ({terms}); "
                                 f"stopping. Last good checkpoint: {self.run_dir}/ckpt_last.pt")
 
@@ -365,7 +365,7 @@ class Trainer:
 def train(cfg: Config, resume: str | None = None, require_distributed: bool = False) -> Path | None:
     """Train a tokenizer; under torchrun (RANK set) with DDP. Returns the run folder on rank 0."""
     if require_distributed and "RANK" not in os.environ:
-        raise RuntimeError("train-rvq-ddp runs under torchrun: "
+        raise distributed.LaunchError("train-rvq-ddp runs under torchrun: "
                            "torchrun --nproc_per_node=N run.py train-rvq-ddp --config ... "
                            "(or use train-rvq for one process)")
     info = distributed.setup(cfg.train.device)

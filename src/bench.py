@@ -1,0 +1,471 @@
+"""Speed figures: streaming latency, export throughput against the machine's matmul peak,
+training step speed and memory, and data loading from per-file .npy versus the pack.
+
+One small function per figure; ``run_bench`` puts them together. Every figure carries its
+unit in its key (``latency_ms_p50``, ``encode_chunks_per_s_1thread``, ...). Timings are
+medians over repeats after warm-up; on CUDA each timed call ends with a synchronize.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import math
+import mmap
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from src.config import Config, ModelConfig
+from src.data import keypoints as kp
+from src.models.tokenizer import SignTokenizer
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How long each figure is measured (repeats are timed calls, after the warm-up calls)."""
+
+    latency_repeats: int = 200
+    latency_warmup: int = 20
+    export_batch: int = 256           # chunks per encode call
+    export_repeats: int = 3
+    export_warmup: int = 1
+    matmul_size: int = 1024
+    matmul_repeats: int = 10
+    train_steps: int = 3
+    train_warmup: int = 1             # the first step also runs the codebooks' k-means init
+    data_sequences: int = 2000        # synthetic sequences written for the loading figures
+
+
+FULL = BenchSettings()
+FAST = BenchSettings(latency_repeats=20, latency_warmup=3, export_batch=64, export_repeats=2,
+                     matmul_size=256, matmul_repeats=3, train_steps=2, data_sequences=200)
+# --fast without a config of its own: a tiny model, so the whole bench takes seconds.
+FAST_OVERRIDES = ["model.width=64", "model.enc_layers=1", "model.dec_layers=1", "model.heads=2",
+                  "model.latent_dim=32", "model.rvq.levels=2", "model.rvq.codebook_size=64",
+                  "model.stats_sequences=50", "train.batch_size=4"]
+
+
+# ------------------------------------------------------------------------------- timing
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[], Any], repeats: int, warmup: int, device: torch.device) -> np.ndarray:
+    """Seconds of each of ``repeats`` calls of ``fn``, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        seconds.append(time.perf_counter() - start)
+    return np.array(seconds)
+
+
+@contextlib.contextmanager
+def num_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` intra-op CPU threads (None: leave as is), then restore."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------ machine
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_info(device: torch.device, default_threads: int) -> dict[str, Any]:
+    """What the figures were measured on; the load average tells a busy machine from an idle one."""
+    info = {
+        "cpu_model": cpu_model(),
+        "cpu_cores_os": os.cpu_count(),
+        "cpu_cores_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_avg_1min_procs": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "torch_version": torch.__version__,
+        "python_version": sys.version.split()[0],
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "default_threads": default_threads,
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu_name"] = torch.cuda.get_device_name(device)
+    return info
+
+
+# ---------------------------------------------------------------------------------- model
+
+def random_chunks(n: int, chunk_len: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random chunks: x (n, L, P, 2) unit-scale coordinates, observed (n, L, P) with ~90% seen."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, chunk_len, kp.NUM_STREAM_POINTS, 2, generator=g)
+    observed = torch.rand(n, chunk_len, kp.NUM_STREAM_POINTS, generator=g) < 0.9
+    return x.to(device), observed.to(device)
+
+
+def ready_model(cfg: ModelConfig, chunk_len: int, device: torch.device, seed: int = 0) -> SignTokenizer:
+    """A fresh tokenizer in eval mode whose codebooks are initialised (``initted``) by one
+    training-mode forward on random chunks; speed does not depend on trained weights."""
+    torch.manual_seed(seed)
+    model = SignTokenizer(cfg, chunk_len).to(device)
+    x, observed = random_chunks(256, chunk_len, device, seed)
+    with torch.no_grad():
+        model.train()(x, observed)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------- FLOPs
+
+def analytic_flops(cfg: ModelConfig, chunk_len: int) -> dict[str, float]:
+    """Matmul FLOPs per chunk (all five streams), counted from the config.
+
+    Per stream: input projection 2*(3K)*W_in*L; per layer qkv 2*L*W*3W, attention scores
+    and weighted sum 2*2*L*L*W, output projection 2*L*W*W, MLP 2*2*L*W*(mlp_ratio*W);
+    output projection 2*W*latent. Quantizer: levels x 2*latent*codebook_size per stream.
+    Norms, softmax, GELU and the attention pooling's dot products are left out (< 1%).
+    """
+    w, length, s = cfg.width, chunk_len, len(kp.STREAMS)
+    in_width = w - cfg.type_dim if cfg.type_embedding == "concat" else w
+    hidden = int(w * cfg.mlp_ratio)
+    inputs = sum(2 * 3 * st.num_keypoints * in_width * length for st in kp.STREAMS)
+    layer = 2 * length * w * 3 * w + 2 * 2 * length * length * w + 2 * length * w * w + 2 * 2 * length * w * hidden
+    encoder = inputs + s * (cfg.enc_layers * layer + 2 * w * cfg.latent_dim)
+    quantizer = s * cfg.rvq.levels * 2 * cfg.latent_dim * cfg.rvq.codebook_size
+    return {"encoder": float(encoder), "quantizer": float(quantizer)}
+
+
+def counted_flops(model: SignTokenizer, device: torch.device) -> dict[str, float]:
+    """The same per-chunk FLOPs as torch's FlopCounterMode sees them on one chunk."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, observed = random_chunks(1, model.chunk_len, device)
+    totals = {}
+    for name, fn in (("encoder", model.encode_latent), ("tokenization", model.encode)):
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            fn(x, observed)
+        totals[name] = float(counter.get_total_flops())
+    return {"encoder": totals["encoder"], "quantizer": totals["tokenization"] - totals["encoder"]}
+
+
+def flop_figures(model: SignTokenizer) -> dict[str, Any]:
+    analytic = analytic_flops(model.cfg, model.chunk_len)
+    counted = counted_flops(model, next(model.parameters()).device)
+    return {
+        "encoder_mflop_per_chunk": analytic["encoder"] / 1e6,
+        "quantizer_mflop_per_chunk": analytic["quantizer"] / 1e6,
+        "encoder_mflop_per_chunk_counted": counted["encoder"] / 1e6,
+        "quantizer_mflop_per_chunk_counted": counted["quantizer"] / 1e6,
+        "encoder_counted_over_analytic_x": counted["encoder"] / analytic["encoder"],
+        "flop_source": "analytic (config formula); *_counted = torch FlopCounterMode",
+    }
+
+
+# ------------------------------------------------------------------------------ inference
+
+def streaming_latency(model: SignTokenizer, settings: BenchSettings, device: torch.device,
+                      threads: int | None) -> dict[str, Any]:
+    """Milliseconds for ``model.encode`` of one new chunk (batch 1, all five streams)."""
+    x, observed = random_chunks(1, model.chunk_len, device)
+    with num_threads(threads):
+        ms = 1e3 * time_calls(lambda: model.encode(x, observed), settings.latency_repeats,
+                              settings.latency_warmup, device)
+    return {"latency_ms_p50": float(np.median(ms)), "latency_ms_p95": float(np.percentile(ms, 95)),
+            "latency_ms_min": float(ms.min()), "repeats": settings.latency_repeats,
+            "threads": threads or torch.get_num_threads()}
+
+
+def chunks_per_s(fn: Callable, x: torch.Tensor, observed: torch.Tensor, settings: BenchSettings,
+                 device: torch.device, threads: int | None) -> float:
+    """Chunks per second of ``fn(x, observed)`` (median call time) with ``threads`` CPU threads."""
+    with num_threads(threads), torch.no_grad():
+        seconds = time_calls(lambda: fn(x, observed), settings.export_repeats, settings.export_warmup, device)
+    return x.shape[0] / float(np.median(seconds))
+
+
+def matmul_peak_gflops(size: int, repeats: int, device: torch.device, threads: int | None) -> float:
+    """fp32 GFLOP/s of a size^3 matmul (median of repeats): the ceiling the encoder is held to."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=g).to(device) for _ in range(2))
+    out = torch.empty(size, size, device=device)
+    with num_threads(threads):
+        seconds = time_calls(lambda: torch.mm(a, b, out=out), repeats, max(2, repeats // 3), device)
+    return 2 * size ** 3 / float(np.median(seconds)) / 1e9
+
+
+def export_figures(model: SignTokenizer, flops: dict[str, Any], settings: BenchSettings,
+                   device: torch.device, default_threads: int) -> dict[str, Any]:
+    """Offline export throughput at a large batch, one thread and all threads, and the limit.
+
+    GFLOP/s = analytic FLOPs per chunk x chunks/s; the fraction is of the 1-thread matmul
+    peak measured in the same run (on CUDA: of the GPU's fp32 matmul).
+    """
+    one = None if device.type == "cuda" else 1
+    x, observed = random_chunks(settings.export_batch, model.chunk_len, device, seed=1)
+    enc = chunks_per_s(model.encode_latent, x, observed, settings, device, one)
+    tok = chunks_per_s(model.encode, x, observed, settings, device, one)
+    tok_all = tok if device.type == "cuda" else chunks_per_s(model.encode, x, observed, settings, device,
+                                                             default_threads)
+    peak = matmul_peak_gflops(settings.matmul_size, settings.matmul_repeats, device, one)
+    enc_gflops = flops["encoder_mflop_per_chunk"] * enc / 1e3
+    tok_gflops = (flops["encoder_mflop_per_chunk"] + flops["quantizer_mflop_per_chunk"]) * tok / 1e3
+    return {
+        "batch_chunks": settings.export_batch,
+        "encoder_chunks_per_s_1thread": enc,
+        "encode_chunks_per_s_1thread": tok,
+        "encode_chunks_per_s_all_threads": tok_all,
+        "all_threads": torch.get_num_threads() if device.type == "cuda" else default_threads,
+        "matmul_peak_gflop_per_s_1thread": peak,
+        "matmul_size": settings.matmul_size,
+        "encoder_gflop_per_s_1thread": enc_gflops,
+        "encode_gflop_per_s_1thread": tok_gflops,
+        "encoder_peak_frac": enc_gflops / peak,
+        "encode_peak_frac": tok_gflops / peak,
+    }
+
+
+# ------------------------------------------------------------------------------- training
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak of the process RSS on CPU (ru_maxrss, KiB on Linux), of allocated memory on CUDA."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def training_figures(cfg: Config, batch, settings: BenchSettings, device: torch.device) -> dict[str, Any]:
+    """Optimizer steps on one real batch, as Trainer.train_epoch runs them: forward (autocast)
+    -> compute_losses -> backward -> clip -> AdamW step -> zero_grad. Default threads."""
+    from src.losses import compute_losses
+    from src.metrics.evaluate import autocast
+    from src.train.optim import build_optimizer
+
+    torch.manual_seed(cfg.train.seed)
+    model = SignTokenizer(cfg.model, cfg.data.chunk_len).to(device).train()
+    optimizer = build_optimizer(model, cfg.train)
+    batch = batch.to(device)
+    x, conf = batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask]
+
+    def step() -> None:
+        with autocast(device, cfg):
+            out = model(x, conf)
+            losses = compute_losses(out, x, conf, batch.chunk_mask, cfg.loss, cfg.model.rvq.commitment_beta)
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = peak_memory_mib(torch.device("cpu"))
+    seconds = time_calls(step, settings.train_steps, settings.train_warmup, device)
+    return {
+        "batch_sequences": batch.x.shape[0],
+        "batch_chunks": x.shape[0],
+        "step_ms_p50": 1e3 * float(np.median(seconds)),
+        "chunks_per_s": x.shape[0] / float(np.median(seconds)),
+        "steps": settings.train_steps,
+        "threads": None if device.type == "cuda" else torch.get_num_threads(),
+        "amp": bool(cfg.train.amp and (device.type == "cuda" or cfg.train.amp_cpu)),
+        "peak_memory_mib": peak_memory_mib(device),
+        "peak_memory_kind": "cuda max_memory_allocated" if device.type == "cuda"
+        else "process peak RSS (ru_maxrss, whole process so far)",
+        "process_peak_rss_before_mib": rss_before,
+    }
+
+
+# --------------------------------------------------------------------------- data loading
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    return libc
+
+
+def resident_pages(path: Path) -> tuple[int, int]:
+    """(pages of ``path`` in the page cache, pages in all), by mincore(2); (0, 0) if unknown."""
+    size = path.stat().st_size
+    if size == 0 or not sys.platform.startswith("linux"):
+        return 0, 0
+    libc, pages = _libc(), -(-size // mmap.PAGESIZE)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            return 0, 0
+        vec = (ctypes.c_ubyte * pages)()
+        ok = libc.mincore(addr, size, vec) == 0
+        libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return (sum(v & 1 for v in vec), pages) if ok else (0, 0)
+
+
+def drop_page_cache(paths: list[Path]) -> bool:
+    """Ask the kernel to forget the cached pages of ``paths`` (no root needed for clean pages):
+    fsync first, since dirty pages of freshly written files are not dropped. True if every call worked."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    ok = True
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            ok = False
+        finally:
+            os.close(fd)
+    return ok
+
+
+def resident_frac(paths: list[Path]) -> float:
+    counts = np.array([resident_pages(p) for p in paths]).sum(0)
+    return float(counts[0] / counts[1]) if counts[1] else math.nan
+
+
+def sequences_per_s(fn: Callable[[int], Any], count: int) -> float:
+    start = time.perf_counter()
+    for i in range(count):
+        fn(i)
+    return count / (time.perf_counter() - start)
+
+
+def loading_figures(dataset, files: list[Path]) -> dict[str, Any]:
+    """Raw loads (PoseSource.load) and whole samples (PoseDataset.__getitem__: load +
+    make_sample) over every sequence, each from a cold page cache; then raw loads warm."""
+    names, out = dataset.names, {}
+    # A fresh source, as a DataLoader worker gets it: the scan's memmap of the pack is
+    # closed, and pages still mapped by this process would stay in the cache.
+    dataset.source = copy.copy(dataset.source)
+    dropped = drop_page_cache(files)
+    out["cold_resident_frac"] = resident_frac(files)
+    out["load_cold_seq_per_s"] = sequences_per_s(lambda i: dataset.source.load(names[i]), len(names))
+    out["load_warm_seq_per_s"] = sequences_per_s(lambda i: dataset.source.load(names[i]), len(names))
+    dropped &= drop_page_cache(files)
+    out["getitem_cold_seq_per_s"] = sequences_per_s(dataset.__getitem__, len(names))
+    out["cache_drop_ok"] = dropped
+    return out
+
+
+def data_figures(cfg: Config, root: Path, pack: Path) -> tuple[dict[str, Any], Any]:
+    """Per-file .npy versus the packed memmap over the same synthetic root; returns the
+    figures and the packed training dataset (its first batch serves the training figures)."""
+    from src.data.dataset import PoseDataset
+
+    names = sorted(p.stem for p in (root / cfg.data.pose_dir).glob("*.npy"))
+    files = [root / cfg.data.pose_dir / f"{n}.npy" for n in names] + sorted(pack.iterdir())
+    data, dataset = {}, None
+    for kind, pack_dir in (("per_file", str(root / "no_pack")), ("packed", str(pack))):
+        dcfg = replace(cfg.data, root=str(root), pack_dir=pack_dir)
+        dataset = PoseDataset(dcfg, "train", train=True, seed=cfg.train.seed, names=names)
+        if dataset.source.packed != (kind == "packed"):
+            raise RuntimeError(f"bench: the {kind} source did not come up as {kind}")
+        data[kind] = loading_figures(dataset, files)
+    per_file, packed = data["per_file"], data["packed"]
+    figures = {
+        "sequences": len(names),
+        "frames_total": int(sum(dataset.lengths.values())),
+        "bytes_per_file_mean_mib": float(np.mean([f.stat().st_size for f in files[:len(names)]])) / 2 ** 20,
+        "cache_drop": "posix_fadvise DONTNEED (after fsync) on every file and the pack; "
+                      "*_cold_resident_frac = page-cache residency just before the cold pass",
+        "pipeline": "load = PoseSource.load; getitem = PoseDataset.__getitem__ (train augmentations on)",
+        **{f"per_file_{k}": v for k, v in per_file.items()},
+        **{f"packed_{k}": v for k, v in packed.items()},
+        "pack_speedup_load_cold_x": packed["load_cold_seq_per_s"] / per_file["load_cold_seq_per_s"],
+        "pack_speedup_getitem_cold_x": packed["getitem_cold_seq_per_s"] / per_file["getitem_cold_seq_per_s"],
+    }
+    return figures, dataset
+
+
+def write_bench_root(folder: Path, num: int) -> tuple[Path, Path]:
+    """A synthetic CSL-Daily root of ``num`` sequences and its pack (in a folder of its own,
+    so that a source without ``pack_dir`` reads the files)."""
+    from src.data.pack import write_pack
+    from src.data.synth import write_synthetic_dataset
+
+    root, pack = folder / "root", folder / "pack"
+    write_synthetic_dataset(root, num, seed=0)
+    write_pack(root, pack, progress=False)
+    return root, pack
+
+
+# ---------------------------------------------------------------------------------- all
+
+def targets(report: dict[str, Any]) -> dict[str, bool]:
+    """The issue's targets, met or not (CPU figures)."""
+    s, e, d = report["streaming"], report["export"], report["data"]
+    return {
+        "latency_ms_p50_le_5": s["latency_ms_p50"] <= 5.0,
+        "encode_chunks_per_s_1thread_ge_600": e["encode_chunks_per_s_1thread"] >= 600,
+        "encoder_peak_frac_ge_0.5": e["encoder_peak_frac"] >= 0.5,
+        "pack_speedup_load_cold_x_ge_5": d["pack_speedup_load_cold_x"] >= 5,
+    }
+
+
+def run_bench(cfg: Config, device: torch.device, settings: BenchSettings = FULL,
+              model: SignTokenizer | None = None, workdir: str | Path | None = None) -> dict[str, Any]:
+    """Every figure in one report. ``model``: a loaded checkpoint, else a fresh one from ``cfg``."""
+    default_threads = torch.get_num_threads()
+    one = None if device.type == "cuda" else 1
+    report: dict[str, Any] = {"machine": machine_info(device, default_threads), "fast": settings == FAST}
+    model = model.eval() if model is not None else ready_model(cfg.model, cfg.data.chunk_len, device)
+    report["model"] = {"width": cfg.model.width, "enc_layers": cfg.model.enc_layers, "heads": cfg.model.heads,
+                       "mlp_ratio": cfg.model.mlp_ratio, "latent_dim": cfg.model.latent_dim,
+                       "rvq_levels": cfg.model.rvq.levels, "codebook_size": cfg.model.rvq.codebook_size,
+                       "chunk_len_frames": model.chunk_len,
+                       "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
+    report["flops"] = flop_figures(model)
+    report["streaming"] = streaming_latency(model, settings, device, one)
+    report["export"] = export_figures(model, report["flops"], settings, device, default_threads)
+    with tempfile.TemporaryDirectory(prefix="signstream-bench-", dir=workdir) as folder:
+        root, pack = write_bench_root(Path(folder), settings.data_sequences)
+        report["data"], dataset = data_figures(cfg, root, pack)
+        from src.data.dataset import collate
+        size = cfg.train.batch_size if isinstance(cfg.train.batch_size, int) else 32  # "auto": the CPU default
+        batch = collate([dataset[i] for i in range(min(size, len(dataset)))])
+    report["train"] = training_figures(cfg, batch, settings, device)
+    report["targets"] = targets(report)
+    return report
+
+
+def table(report: dict[str, Any]) -> str:
+    """The report as aligned ``section  key  value`` lines."""
+    lines = []
+    for section, values in report.items():
+        if not isinstance(values, dict):
+            lines.append(f"{section:<10} {'':<38} {values}")
+            continue
+        for key, value in values.items():
+            text = f"{value:.4g}" if isinstance(value, float) else str(value)
+            lines.append(f"{section:<10} {key:<38} {text}")
+    return "\n".join(lines)

@@ -1,0 +1,53 @@
+"""bench: measure streaming latency, export throughput against the matmul peak, training
+speed and memory, and data loading (per-file .npy versus the pack, cold page cache)."""
+from __future__ import annotations
+
+import json
+import sys
+
+from src.cli import add_config_args, parser, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("bench", __doc__.split(":", 1)[1].strip())
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--json", help="also write the report here (atomically)")
+    p.add_argument("--fast", action="store_true",
+                   help="quick run with few repeats and 200 sequences; a tiny model unless --checkpoint")
+    p.add_argument("--checkpoint", help="time this checkpoint's model (else a fresh one from the config)")
+    add_config_args(p)
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        import torch
+
+        from src.bench import FAST, FAST_OVERRIDES, FULL, run_bench, table
+        from src.config import ConfigError, apply_overrides, load_config
+        from src.train.runlog import write_json
+
+        if args.device == "cuda" and not torch.cuda.is_available():
+            print("error: --device cuda but no CUDA device is available (use --device cpu)", file=sys.stderr)
+            return 2
+        device = torch.device(args.device)
+        model = None
+        if args.checkpoint:
+            from src.inference import load_tokenizer
+
+            if any(o.startswith("model.") for o in args.overrides):
+                raise ConfigError("model.* overrides do not apply with --checkpoint (its model is fixed)")
+            model, cfg = load_tokenizer(args.checkpoint, device)
+            cfg = apply_overrides(cfg, args.overrides)
+        else:
+            cfg = load_config(args.config, (FAST_OVERRIDES if args.fast else []) + args.overrides)
+        report = run_bench(cfg, device, FAST if args.fast else FULL, model)
+        print(table(report), file=sys.stderr)
+        print(json.dumps(report, indent=2))
+        if args.json:
+            write_json(args.json, report)
+        return 0
+
+    return run(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""export-tokens: export sign tokens of a split as JSONL (per chunk, stream and level), with
+run-length NC compression and LLM templates."""
+from __future__ import annotations
+
+import sys
+
+from src.cli import parser, run
+
+EPILOG = """The model and its data processing come from the checkpoint. --config and key=value
+overrides may change only export.* (enable_rle, rle_threshold, max_run, max_chunks,
+adaptive_depth, depth_threshold) and the data location keys (data.root, data.split_file,
+data.annotation_file, data.pose_dir, data.pack_dir); other keys of --config are ignored,
+other overrides are an error. Whole sequences are exported (data.max_frames is ignored)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("export-tokens", __doc__.split(":", 1)[1].strip())
+    p.epilog = EPILOG
+    p.add_argument("--checkpoint", required=True, help="checkpoint of train-rvq (ckpt_best.pt / ckpt_last.pt)")
+    p.add_argument("--config", default=None, help="YAML whose export.* and data location keys are used")
+    p.add_argument("--root", default=None, help="data root in the CSL-Daily layout (replaces data.root)")
+    p.add_argument("--split", default="val", help="split of the split file to export")
+    p.add_argument("--num-samples", type=int, default=10, metavar="N", help="first N sequences of the split; 0 = all")
+    p.add_argument("--out", default="exports/tokens.jsonl", help="JSONL output, one line per sequence")
+    p.add_argument("--to-llm", action="store_true",
+                   help="also write <out stem>.vocab.json (sign-token vocabulary) and <out stem>.llm.jsonl")
+    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="sequences per forward pass")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="export.* or data location overrides, e.g. export.rle_threshold=0.2")
+    args = p.parse_args(argv)
+    if args.num_samples < 0 or args.batch_size < 1:
+        p.error("--num-samples must be >= 0 and --batch-size >= 1")
+
+    def body() -> int:
+        from src.config import ConfigError
+        from src.inference import load_tokenizer
+        from src.tokens.export import export_config, export_tokens, summary_lines, token_settings, write_llm_files
+        from src.tokens.records import write_jsonl_atomic
+        from src.train.distributed import pick_device
+
+        try:
+            device = pick_device(args.device)
+        except RuntimeError as e:
+            raise ConfigError(str(e)) from None
+        model, ckpt_cfg = load_tokenizer(args.checkpoint, device)
+        cfg = export_config(ckpt_cfg, args.config, args.overrides, args.root)
+        records, stats, failures = export_tokens(model, cfg, args.split, args.num_samples, args.checkpoint,
+                                                 device, args.batch_size)
+        for line in summary_lines(stats, failures):
+            print(line)
+        if not records:
+            print("error: no sequence could be exported; nothing written", file=sys.stderr)
+            return 1
+        write_jsonl_atomic(args.out, records)
+        print(f"wrote {args.out} ({len(records)} lines)")
+        if args.to_llm:
+            vocab, llm, n = write_llm_files(records, args.out, token_settings(cfg))
+            untexted = f", {len(records) - n} without text left out" if n < len(records) else ""
+            print(f"wrote {vocab} (vocabulary) and {llm} ({n} LLM lines{untexted})")
+        return 0
+
+    return run(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,39 @@
+"""verify-overfit16: train on 16 sequences and check the reconstruction loss falls to <= 0.2x."""
+from __future__ import annotations
+
+import json
+import tempfile
+
+from src.cli import parser, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser("verify-overfit16", __doc__.split(":", 1)[1].strip() +
+               " Prints one JSON line; exit status 0 only when the check passes.")
+    p.add_argument("--root", help="CSL-Daily-layout folder (default: a fresh synthetic signer set)")
+    p.add_argument("--config", default="configs/overfit16.yaml")
+    p.add_argument("--num", type=int, default=16, help="number of training sequences")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        from src.config import load_config
+        from src.data.synth import write_synthetic_dataset
+        from src.train.overfit import overfit_check
+
+        with tempfile.TemporaryDirectory() as tmp:
+            root = args.root
+            if root is None:
+                root = f"{tmp}/synthetic"
+                write_synthetic_dataset(root, num=2 * args.num, seed=0)
+            cfg = load_config(args.config, [f"data.root={root}", f"save_path={tmp}/runs", *args.overrides])
+            result = overfit_check(cfg, args.num)
+        result.pop("run_dir")
+        print(json.dumps(result))
+        return 0 if result["pass"] else 1
+
+    return run(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""Inference helpers shared by export, evaluation, visualisation and the benchmark.
+
+A checkpoint carries its config, so ``load_tokenizer(path)`` is all a command needs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src.config import Config
+from src.data import keypoints as kp
+from src.data.dataset import collate
+from src.data.pose import denormalise, to_rows
+from src.models.tokenizer import SignTokenizer
+from src.train.checkpoint import config_from_checkpoint, load_checkpoint, load_model_state
+
+
+def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> tuple[SignTokenizer, Config]:
+    """Rebuild the model from the config stored in the checkpoint; eval mode."""
+    state = load_checkpoint(path, device)
+    cfg = config_from_checkpoint(state, path)
+    model = SignTokenizer(cfg.model, cfg.data.chunk_len)
+    load_model_state(model, state["model"], path)
+    return model.to(device).eval(), cfg
+
+
+@dataclass
+class Tokenized:
+    """One sequence through the tokenizer. C chunks, L frames, P = 254 stream points."""
+
+    name: str
+    codes: np.ndarray         # (C, S, levels) int
+    residuals: np.ndarray     # (C, S, levels) norm left after each level / latent norm
+    recon: np.ndarray         # (C, L, P, 2) local units
+    sample: dict              # the dataset sample (x, conf, frame_mask, centres, unit, num_frames)
+
+
+@torch.no_grad()
+def tokenize(model: SignTokenizer, samples: list[dict], device: str | torch.device = "cpu") -> list[Tokenized]:
+    """Codes and reconstructions of dataset samples (each must carry its ``name``)."""
+    batch = collate(samples).to(device)
+    x, conf = batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask]
+    codes, residuals = model.quantizer.encode_with_residuals(model.encode_latent(x, conf))
+    recon = model.decode(model.decode_codes(codes))
+    out, start = [], 0
+    for sample, n in zip(samples, batch.chunk_mask.sum(1).tolist()):
+        rows = slice(start, start + n)
+        out.append(Tokenized(sample["name"], codes[rows].cpu().numpy(), residuals[rows].cpu().numpy(),
+                             recon[rows].float().cpu().numpy(), sample))
+        start += n
+    return out
+
+
+def to_pixels(local: np.ndarray, sample: dict, stream: str = "parts") -> np.ndarray:
+    """Chunked local coordinates (C, L, P, 2) -> a pose file array (T, 134, 3) in pixels.
+
+    Mapped back with the sample's true centres and unit; score 1 where the source point
+    was observed, 0 elsewhere (so drawings skip what was never seen).
+    """
+    t = int(sample["num_frames"])
+    flat = local.reshape(-1, kp.NUM_STREAM_POINTS, 2)[:t]
+    centres = sample["centres"].reshape(-1, len(kp.STREAMS), 2)[:t]
+    xy = to_rows(denormalise(flat, centres, float(sample["unit"])), stream)
+    seen = to_rows(np.repeat(sample["conf"].reshape(-1, kp.NUM_STREAM_POINTS)[:t, :, None], 2, axis=-1)
+                   .astype(np.float32), stream)[..., 0]
+    out = np.concatenate([xy, seen[..., None]], axis=-1)
+    out[:, kp.SIZE_ROW] = (*sample["size"], 0.0)
+    return out

@@ -1,0 +1,104 @@
+"""The eval-rvq report: checks against the oracles and targets, and a readable table."""
+from __future__ import annotations
+
+import numpy as np
+
+from src.data import keypoints as kp
+
+PARTS = ("F", "LH", "RH", "B")
+
+
+def checks(result: dict, health: dict, codebook_size: int, jump_limit: float = 1.5,
+           oracle_gain: float = 0.3) -> dict:
+    """Pass/fail of the quality targets, each with the figures it compares.
+
+    - every part stream at least ``oracle_gain`` (30%) better than the chunk-mean oracle;
+    - no collapse: each stream's level-0 codebook uses at least min(30% of the chunks,
+      30% of the codebook) distinct codes;
+    - chunk-border jumps of the reconstruction at most ``jump_limit`` x the ground truth's
+      own frame-to-frame motion.
+    """
+    out = {}
+    for s in PARTS:
+        model, oracle = result["mpjpe_px"][s], result["oracle_chunk_mean_px"][s]
+        out[f"mpjpe_{s}_vs_mean_oracle"] = {"model_px": model, "limit_px": (1 - oracle_gain) * oracle,
+                                           "pass": model <= (1 - oracle_gain) * oracle}
+    need = int(np.ceil(min(0.3 * result["num_chunks"], 0.3 * codebook_size)))
+    for s in kp.STREAM_NAMES:
+        used = health[s]["l0"]["used"]
+        out[f"codes_used_{s}_l0"] = {"used": used, "need": need, "pass": used >= need}
+    for s in kp.STREAM_NAMES:
+        ratio = result["temporal"]["jump_ratio"][s]
+        out[f"jump_ratio_{s}"] = {"ratio": ratio, "limit": jump_limit, "pass": ratio <= jump_limit}
+    return out
+
+
+def table(report: dict) -> str:
+    """Readable summary of an eval-rvq report."""
+    r = report["result"]
+    rows = [("stream",) + kp.STREAM_NAMES,
+            ("MPJPE px (model)",) + _cells(r["mpjpe_px"]),
+            ("oracle chunk mean",) + _cells(r["oracle_chunk_mean_px"]),
+            ("oracle chunk line",) + _cells(r["oracle_chunk_linear_px"]),
+            ("jump / GT motion",) + _cells(r["temporal"]["jump_ratio"]),
+            ("chunk change rec p50",) + _cells({k: v["p50"] for k, v in r["temporal"]["chunk_change_rec_px"].items()}),
+            ("chunk change GT p50",) + _cells({k: v["p50"] for k, v in r["temporal"]["chunk_change_gt_px"].items()})]
+    for level in report["codebook"][kp.STREAM_NAMES[0]]:
+        rows.append((f"usage % {level}",) + tuple(f"{100 * report['codebook'][s][level]['usage']:.1f}"
+                                                  for s in kp.STREAM_NAMES))
+        rows.append((f"perplexity {level}",) + tuple(f"{report['codebook'][s][level]['perplexity']:.1f}"
+                                                     for s in kp.STREAM_NAMES))
+    width = max(len(row[0]) for row in rows)
+    lines = ["  ".join([row[0].ljust(width)] + [c.rjust(8) for c in row[1:]]) for row in rows]
+    loss, tok, eff = r["loss"], r["tokens"], report["efficiency"]
+    lines += [f"split {report['split']}: {r['num_sequences']} sequences, {r['num_chunks']} chunks",
+              f"huber recon (weighted) {loss['recon']:.4f}; per stream "
+              + " ".join(f"{s} {loss['recon/' + s]:.4f}" for s in kp.STREAM_NAMES),
+              f"codes per chunk {tok['codes_per_chunk']}, tokens per chunk after RLE "
+              f"{tok['tokens_per_chunk_rle']:.2f} (compression {100 * tok['rle_compression']:.1f}%)",
+              f"speed {eff['sequences_per_s']:.1f} seq/s, {eff['chunks_per_s']:.0f} chunks/s, "
+              f"batch latency p50 {eff['batch_latency_ms_p50']:.1f} ms, peak memory {eff['peak_memory_mb']:.0f} MB "
+              f"({eff['memory_kind']})"]
+    lines += [f"check {name}: {'PASS' if c['pass'] else 'FAIL'} "
+              + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in c.items() if k != "pass")
+              for name, c in report["checks"].items()]
+    return "\n".join(lines)
+
+
+def _cells(values: dict) -> tuple[str, ...]:
+    return tuple(f"{values[s]:.2f}" for s in kp.STREAM_NAMES)
+
+
+def peak_memory(device) -> tuple[float, str]:
+    """Peak memory in MB: CUDA max allocated on a GPU, else the process's peak RSS."""
+    import resource
+    import sys
+
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10), "process peak RSS"
+
+
+def evaluation_report(model, cfg, split: str, device, batch_size: int = 16, progress: bool = True) -> dict:
+    """Evaluate a model on a split (whole sequences) and assemble the full report."""
+    import dataclasses
+
+    from src.data.dataset import PoseDataset, make_loader
+    from src.metrics.evaluate import evaluate
+
+    data = dataclasses.replace(cfg.data, max_frames=0)  # evaluate whole sequences, never a crop
+    dataset = PoseDataset(data, split, progress=progress)
+    loader = make_loader(dataset, batch_size, train=False, num_workers=data.num_workers)
+    ev, timing = evaluate(model, loader, cfg, device, full=True, progress=progress)
+    result, health = ev.result(), ev.codebook_health(model)
+    seconds = max(sum(timing["latencies_s"]), 1e-9)
+    memory, kind = peak_memory(device)
+    efficiency = {"sequences_per_s": result["num_sequences"] / seconds, "chunks_per_s": result["num_chunks"] / seconds,
+                  "batch_latency_ms_p50": 1000 * float(np.median(timing["latencies_s"])),
+                  "batch_size": batch_size, "peak_memory_mb": memory, "memory_kind": kind, "device": str(device)}
+    return {"split": split, "root": str(data.root), "skipped": dict(dataset.report.reasons),
+            "result": result, "codebook": health, "efficiency": efficiency,
+            "checks": checks(result, health, cfg.model.rvq.codebook_size)}

@@ -1,0 +1,59 @@
+"""Which codes a chunk spends: adaptive residual depth, and the thresholded "unchanged" test.
+
+Both are plain numpy on one sequence and feed :func:`src.tokens.sequence.sequence_record`
+(``depths`` and ``unchanged``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from src.data import keypoints as kp
+
+
+def adaptive_depths(residuals: np.ndarray, threshold: float) -> np.ndarray:
+    """Relative residual norms (C, S, levels) -> levels to keep per chunk and stream (C, S).
+
+    Keeps the levels up to and including the first one whose residual falls below
+    ``threshold`` (at least 1); all levels where none does, so ``threshold <= 0`` keeps
+    full depth.
+    """
+    residuals = np.asarray(residuals)
+    below = residuals < threshold                                  # (C, S, levels)
+    first = below.argmax(-1) + 1                                   # (C, S) 1-based
+    return np.where(below.any(-1), first, residuals.shape[-1]).astype(np.int64)
+
+
+def chunk_distance(x_a: np.ndarray, seen_a: np.ndarray, x_b: np.ndarray, seen_b: np.ndarray) -> float:
+    """Mean point distance between two chunks (L, P, 2), frame by frame, over the points
+    observed in both (L, P); ``inf`` when none is, so that nothing unseen counts as unchanged."""
+    both = seen_a & seen_b
+    if not both.any():
+        return math.inf
+    return float(np.linalg.norm(x_a - x_b, axis=-1)[both].mean())
+
+
+def unchanged_chunks(x: np.ndarray, conf: np.ndarray, threshold: float,
+                     codes: dict[str, list[list[int]]] | None = None) -> dict[str, list[bool]]:
+    """Per stream, the chunks whose input pose stays within ``threshold`` of their run's anchor.
+
+    ``x`` (C, L, P, 2) normalised local coordinates and ``conf`` (C, L, P) observed points
+    of one sample. The anchor is the last chunk emitted explicitly, not the previous chunk,
+    so slow drift cannot accumulate inside a run. ``codes`` (per stream and chunk, as given
+    to ``rle_encode``) lets the anchor follow ``rle_encode`` exactly: a chunk whose codes
+    equal the anchor's is NC there anyway and so never becomes the anchor. Each part
+    stream's centre point is left out (0 by construction). Chunk 0 is never unchanged.
+    """
+    seen = conf & kp.SCORED_POINTS                                 # (C, L, P)
+    out = {}
+    for name, sl in kp.STREAM_SLICES.items():
+        flags, anchor = [False], 0
+        for t in range(1, x.shape[0]):
+            close = chunk_distance(x[t, :, sl], seen[t, :, sl], x[anchor, :, sl], seen[anchor, :, sl]) < threshold
+            same = codes is not None and list(codes[name][t]) == list(codes[name][anchor])
+            flags.append(close)
+            if not (close or same):
+                anchor = t
+        out[name] = flags
+    return out

@@ -1,0 +1,133 @@
+"""The bench command in --fast mode: every figure present, finite, positive and with its unit
+in its key; the pack/per-file comparison ran on a synthetic root; FLOP counts cross-checked."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from src import bench
+from src.commands.eval.bench import main as bench_main
+from src.config import ModelConfig, RVQConfig
+
+SECTIONS = ("machine", "model", "flops", "streaming", "export", "data", "train", "targets")
+# A number's key names its unit (or says it is a count of something).
+UNITS = ("_ms", "_per_s", "_gflop", "_mflop", "_frac", "_mib", "_x", "_procs", "threads", "_cores",
+         "chunks", "sequences", "frames", "steps", "repeats", "size", "width", "layers", "heads",
+         "ratio", "dim", "levels", "params_m")
+# Figures that may legitimately be 0 (a fully dropped cache) or are not timings.
+MAY_BE_ZERO = ("resident_frac",)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> tuple[dict, dict, str]:
+    """One --fast run: (the --json file, the JSON printed on stdout, stderr)."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        assert bench_main(["--fast", "--json", str(out)]) == 0
+    return json.loads(out.read_text()), json.loads(stdout.getvalue()), stderr.getvalue()
+
+
+def numbers(report: dict):
+    for section, values in report.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    yield section, key, value
+
+
+def test_stdout_is_the_json_file(report):
+    written, printed, err = report
+    assert written == printed
+    assert "latency_ms_p50" in err  # the readable table goes to stderr
+
+
+def test_every_section_and_figure(report):
+    r = report[0]
+    assert set(SECTIONS) <= set(r)
+    assert r["fast"] is True
+    assert {"latency_ms_p50", "latency_ms_p95"} <= set(r["streaming"])
+    assert {"encoder_chunks_per_s_1thread", "encode_chunks_per_s_1thread", "encode_chunks_per_s_all_threads",
+            "matmul_peak_gflop_per_s_1thread", "encoder_gflop_per_s_1thread", "encode_gflop_per_s_1thread",
+            "encoder_peak_frac", "encode_peak_frac"} <= set(r["export"])
+    assert {"step_ms_p50", "chunks_per_s", "peak_memory_mib"} <= set(r["train"])
+    assert {"cpu_model", "cpu_cores_os", "cpu_cores_affinity", "torch_version", "default_threads"} <= set(r["machine"])
+    assert all(isinstance(v, bool) for v in r["targets"].values())
+
+
+def test_numbers_are_finite_positive_and_have_units(report):
+    found = list(numbers(report[0]))
+    assert len(found) > 30
+    for section, key, value in found:
+        assert math.isfinite(value), (section, key, value)
+        assert value >= 0 if any(k in key for k in MAY_BE_ZERO) else value > 0, (section, key, value)
+        assert any(u in key for u in UNITS), f"{section}.{key} does not name its unit"
+
+
+def test_figures_are_consistent(report):
+    r = report[0]
+    s, e, f, t = r["streaming"], r["export"], r["flops"], r["train"]
+    assert s["latency_ms_min"] <= s["latency_ms_p50"] <= s["latency_ms_p95"]
+    assert s["threads"] == 1
+    gflops = (f["encoder_mflop_per_chunk"] + f["quantizer_mflop_per_chunk"]) * e["encode_chunks_per_s_1thread"] / 1e3
+    assert e["encode_gflop_per_s_1thread"] == pytest.approx(gflops)
+    assert e["encode_peak_frac"] == pytest.approx(gflops / e["matmul_peak_gflop_per_s_1thread"])
+    assert t["batch_chunks"] >= t["batch_sequences"]
+    assert t["peak_memory_mib"] >= t["process_peak_rss_before_mib"]
+
+
+def test_pack_and_per_file_ran_on_the_synthetic_root(report):
+    d = report[0]["data"]
+    assert d["sequences"] == bench.FAST.data_sequences
+    for kind in ("per_file", "packed"):
+        assert d[f"{kind}_load_cold_seq_per_s"] > 0 and d[f"{kind}_getitem_cold_seq_per_s"] > 0
+        assert 0 <= d[f"{kind}_cold_resident_frac"] <= 1
+    assert d["pack_speedup_load_cold_x"] == pytest.approx(
+        d["packed_load_cold_seq_per_s"] / d["per_file_load_cold_seq_per_s"])
+
+
+def test_flop_count_matches_torch_counter(report):
+    f = report[0]["flops"]
+    assert f["encoder_mflop_per_chunk_counted"] == pytest.approx(f["encoder_mflop_per_chunk"], rel=0.1)
+    assert f["quantizer_mflop_per_chunk_counted"] == pytest.approx(f["quantizer_mflop_per_chunk"], rel=0.1)
+
+
+@pytest.mark.parametrize("type_embedding", ["add", "concat"])
+def test_flop_formula_on_the_default_model(type_embedding):
+    """The default width-256 model (not trained: FLOPs do not depend on the weights)."""
+    from src.models.tokenizer import SignTokenizer
+
+    cfg = ModelConfig(type_embedding=type_embedding, rvq=RVQConfig())
+    model = SignTokenizer(cfg, 10).eval()
+    analytic, counted = bench.analytic_flops(cfg, 10), bench.counted_flops(model, torch.device("cpu"))
+    assert counted["encoder"] == pytest.approx(analytic["encoder"], rel=0.1)
+    assert counted["quantizer"] == pytest.approx(analytic["quantizer"], rel=0.01)
+    assert analytic["encoder"] == pytest.approx(162.9e6, rel=0.01) or type_embedding == "concat"
+
+
+def test_num_threads_restores():
+    before = torch.get_num_threads()
+    with bench.num_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_cache_drop_evicts_a_file(tmp_path: Path):
+    path = tmp_path / "blob.bin"
+    path.write_bytes(os.urandom(1 << 20))
+    path.read_bytes()
+    before = bench.resident_frac([path])
+    if not before > 0:
+        pytest.skip("mincore sees no cached pages on this filesystem")
+    assert bench.drop_page_cache([path])
+    after = bench.resident_frac([path])
+    if after == before:
+        pytest.skip("this filesystem keeps its pages in memory (tmpfs?)")
+    assert after == 0

@@ -1,0 +1,133 @@
+"""torch.distributed with gloo on CPU: EMA codebooks and training stay identical across ranks."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from conftest import REPO, tiny_config
+from src.config import RVQConfig
+from src.models.quantizer import Codebook
+
+WORLD = 2
+
+
+def _data(steps: int = 4, n: int = 64, dim: int = 8) -> torch.Tensor:
+    return torch.randn(steps, n, dim, generator=torch.Generator().manual_seed(0)) * 2 + 1
+
+
+def _codebook(dead_after: int) -> Codebook:
+    torch.manual_seed(1)  # same initial codebook everywhere
+    return Codebook(8, RVQConfig(codebook_size=16, init="random", dead_after_steps=dead_after))
+
+
+def _init(rank: int, tmp: str) -> None:
+    torch.set_num_threads(1)  # two processes on a small machine: no oversubscription
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=WORLD)
+
+
+def _codebook_worker(rank: int, tmp: str) -> None:
+    _init(rank, tmp)
+    try:
+        data = _data()
+        cb = _codebook(dead_after=1000).train()
+        for batch in data:
+            cb(batch.chunk(WORLD)[rank])  # each rank sees its half of every batch
+        torch.save(cb.state_dict(), f"{tmp}/ema{rank}.pt")
+        torch.manual_seed(100 + rank)  # ranks draw differently; restarts must still agree
+        restarting = _codebook(dead_after=1).train()
+        for batch in data:
+            restarting(batch.chunk(WORLD)[rank] * 3)
+        torch.save(restarting.state_dict(), f"{tmp}/restart{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ema_over_ranks_equals_one_process_on_the_whole_batch(tmp_path):
+    mp.spawn(_codebook_worker, args=(str(tmp_path),), nprocs=WORLD)
+    single = _codebook(dead_after=1000).train()
+    for batch in _data():
+        single(batch)
+    expected = single.state_dict()
+    for rank in range(WORLD):
+        got = torch.load(tmp_path / f"ema{rank}.pt")
+        for k, v in expected.items():
+            assert torch.allclose(got[k].double(), v.double(), atol=1e-5), (rank, k)
+    a, b = (torch.load(tmp_path / f"restart{r}.pt") for r in range(WORLD))
+    assert int(a["unused_steps"].eq(0).sum()) > 0
+    for k in a:  # dead-code restarts are drawn on rank 0 and broadcast: bit-identical
+        assert torch.equal(a[k], b[k]), k
+    fresh = _codebook(dead_after=1)
+    assert not torch.equal(a["embed"], fresh.embed), "no code was ever restarted"
+
+
+def _train_worker(rank: int, tmp: str, root: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["TEST_DDP_PORT"])
+    torch.set_num_threads(1)
+    from src.data.dataset import PoseDataset, collate
+    from src.train import distributed
+    from src.train.loop import Trainer
+
+    cfg = tiny_config(Path(root), Path(tmp) / "runs", "train.epochs=2", "train.token_samples_every=0")
+    info = distributed.setup("cpu")
+    try:
+        trainer = Trainer(cfg, info)
+        trainer.fit()
+        val = PoseDataset(cfg.data, "val")
+        batch = collate([val[i] for i in range(len(val))])
+        codes = trainer.model.eval().encode(batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask])
+        torch.save({"state": trainer.model.state_dict(), "codes": codes}, f"{tmp}/rank{rank}.pt")
+    finally:
+        distributed.teardown()
+
+
+def _free_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def test_ddp_training_keeps_ranks_identical(synth_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_DDP_PORT", _free_port())
+    mp.spawn(_train_worker, args=(str(tmp_path), str(synth_root)), nprocs=WORLD)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD))
+    assert a["state"].keys() == b["state"].keys()
+    for k in a["state"]:
+        assert torch.equal(a["state"][k], b["state"][k]), k  # weights and every codebook buffer
+    assert torch.equal(a["codes"], b["codes"])
+    assert int(a["state"]["quantizer.streams.RH.levels.0.updates"]) > 0
+    runs = list((tmp_path / "runs" / "tiny").iterdir())
+    assert len(runs) == 1, "only rank 0 writes a run folder"
+    lines = [json.loads(x) for x in (runs[0] / "metrics.jsonl").read_text().splitlines()]
+    assert [r["ranks_agree"] for r in lines] == [True, True]
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_torchrun_launches_train_rvq_ddp(synth_root, tmp_path):
+    cmd = ["torchrun", "--standalone", f"--nproc_per_node={WORLD}", "run.py", "train-rvq-ddp",
+           "--config", "configs/tiny.yaml", f"data.root={synth_root}", f"save_path={tmp_path}",
+           "train.epochs=1", "train.token_samples_every=0"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = next((tmp_path / "tiny").iterdir())
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["ranks_agree"] is True
+    assert f"world size {WORLD}" in (run / "train.log").read_text()
+
+
+def test_train_rvq_ddp_outside_torchrun_says_how_to_launch(monkeypatch, capsys):
+    from src.commands.train.rvq_ddp import main
+
+    monkeypatch.delenv("RANK", raising=False)
+    assert main(["--config", "configs/tiny.yaml"]) == 2
+    assert "torchrun --nproc_per_node" in capsys.readouterr().err
