@@ -37,10 +37,12 @@ class BenchSettings:
 
     latency_repeats: int = 200
     latency_warmup: int = 20
-    export_batch: int = 256           # chunks per encode call
+    export_batch: int = 256           # chunks per encode call on CPU
+    export_batch_cuda: int = 8192     # a GPU needs far more rows to fill
     export_repeats: int = 3
     export_warmup: int = 1
     matmul_size: int = 1024
+    matmul_size_cuda: int = 8192
     matmul_repeats: int = 10
     train_steps: int = 3
     train_warmup: int = 1             # the first step also runs the codebooks' k-means init
@@ -48,8 +50,9 @@ class BenchSettings:
 
 
 FULL = BenchSettings()
-FAST = BenchSettings(latency_repeats=20, latency_warmup=3, export_batch=64, export_repeats=2,
-                     matmul_size=256, matmul_repeats=3, train_steps=2, data_sequences=200)
+FAST = BenchSettings(latency_repeats=20, latency_warmup=3, export_batch=64, export_batch_cuda=256,
+                     export_repeats=2, matmul_size=256, matmul_size_cuda=1024, matmul_repeats=3,
+                     train_steps=2, data_sequences=200)
 # --fast without a config of its own: a tiny model, so the whole bench takes seconds.
 FAST_OVERRIDES = ["model.width=64", "model.enc_layers=1", "model.dec_layers=1", "model.heads=2",
                   "model.latent_dim=32", "model.rvq.levels=2", "model.rvq.codebook_size=64",
@@ -226,23 +229,25 @@ def export_figures(model: SignTokenizer, flops: dict[str, Any], settings: BenchS
     GFLOP/s = analytic FLOPs per chunk x chunks/s; the fraction is of the 1-thread matmul
     peak measured in the same run (on CUDA: of the GPU's fp32 matmul).
     """
-    one = None if device.type == "cuda" else 1
-    x, observed = random_chunks(settings.export_batch, model.chunk_len, device, seed=1)
+    cuda = device.type == "cuda"
+    one = None if cuda else 1
+    batch, size = (settings.export_batch_cuda, settings.matmul_size_cuda) if cuda else \
+        (settings.export_batch, settings.matmul_size)
+    x, observed = random_chunks(batch, model.chunk_len, device, seed=1)
     enc = chunks_per_s(model.encode_latent, x, observed, settings, device, one)
     tok = chunks_per_s(model.encode, x, observed, settings, device, one)
-    tok_all = tok if device.type == "cuda" else chunks_per_s(model.encode, x, observed, settings, device,
-                                                             default_threads)
-    peak = matmul_peak_gflops(settings.matmul_size, settings.matmul_repeats, device, one)
+    tok_all = tok if cuda else chunks_per_s(model.encode, x, observed, settings, device, default_threads)
+    peak = matmul_peak_gflops(size, settings.matmul_repeats, device, one)
     enc_gflops = flops["encoder_mflop_per_chunk"] * enc / 1e3
     tok_gflops = (flops["encoder_mflop_per_chunk"] + flops["quantizer_mflop_per_chunk"]) * tok / 1e3
     return {
-        "batch_chunks": settings.export_batch,
+        "batch_chunks": batch,
         "encoder_chunks_per_s_1thread": enc,
         "encode_chunks_per_s_1thread": tok,
         "encode_chunks_per_s_all_threads": tok_all,
-        "all_threads": torch.get_num_threads() if device.type == "cuda" else default_threads,
+        "all_threads": torch.get_num_threads() if cuda else default_threads,
         "matmul_peak_gflop_per_s_1thread": peak,
-        "matmul_size": settings.matmul_size,
+        "matmul_size": size,
         "encoder_gflop_per_s_1thread": enc_gflops,
         "encode_gflop_per_s_1thread": tok_gflops,
         "encoder_peak_frac": enc_gflops / peak,

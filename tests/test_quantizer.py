@@ -419,3 +419,12 @@ def test_rows_with_k_active_levels_sum_their_first_k_codewords(training):
         warm = min(decay, (1.0 + float(rq.levels[1].updates)) / (10.0 + float(rq.levels[1].updates)))
         rq(z, torch.ones(30, dtype=torch.long))
         torch.testing.assert_close(rq.levels[1].cluster_size, warm * size)
+
+
+def test_a_level_no_row_uses_on_the_first_batch_still_initialises():
+    from src.config import RVQConfig
+    from src.models.quantizer import ResidualQuantizer
+
+    rq = ResidualQuantizer(4, RVQConfig(levels=2, codebook_size=8)).train()
+    out = rq(torch.randn(10, 4), torch.ones(10, dtype=torch.long))  # level 1 inactive everywhere
+    assert bool(rq.levels[1].initted) and out.codes.shape == (10, 2)

@@ -102,7 +102,8 @@ class Codebook(nn.Module):
         """
         rows = x if active is None else x[active]
         if self.training and not bool(self.initted):
-            self._init_from(rows.detach())
+            # Every rank joins the init broadcast; a level no row uses yet starts from all rows.
+            self._init_from((rows if rows.shape[0] else x).detach())
         # The EMA update below rewrites the buffer in place; autograd needs the old values.
         embed = self.embed.clone() if self.training else self.embed
         dists = sq_distances(x, embed)  # (N, K)
