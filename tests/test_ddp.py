@@ -19,13 +19,13 @@ from src.models.quantizer import Codebook
 WORLD = 2
 
 
-def _data(steps: int = 4, n: int = 64, dim: int = 8) -> torch.Tensor:
-    return torch.randn(steps, n, dim, generator=torch.Generator().manual_seed(0)) * 2 + 1
+def _data(steps: int = 4, groups: int = 2, n: int = 64, dim: int = 8) -> torch.Tensor:
+    return torch.randn(steps, groups, n, dim, generator=torch.Generator().manual_seed(0)) * 2 + 1
 
 
 def _codebook(dead_after: int) -> Codebook:
     torch.manual_seed(1)  # same initial codebook everywhere
-    return Codebook(8, RVQConfig(codebook_size=16, init="random", dead_after_steps=dead_after))
+    return Codebook(8, RVQConfig(codebook_size=16, init="random", dead_after_steps=dead_after), groups=2)
 
 
 def _init(rank: int, tmp: str) -> None:
@@ -39,12 +39,12 @@ def _codebook_worker(rank: int, tmp: str) -> None:
         data = _data()
         cb = _codebook(dead_after=1000).train()
         for batch in data:
-            cb(batch.chunk(WORLD)[rank])  # each rank sees its half of every batch
+            cb(batch.chunk(WORLD, dim=1)[rank])  # each rank sees its half of every batch
         torch.save(cb.state_dict(), f"{tmp}/ema{rank}.pt")
         torch.manual_seed(100 + rank)  # ranks draw differently; restarts must still agree
         restarting = _codebook(dead_after=1).train()
         for batch in data:
-            restarting(batch.chunk(WORLD)[rank] * 3)
+            restarting(batch.chunk(WORLD, dim=1)[rank] * 3)
         torch.save(restarting.state_dict(), f"{tmp}/restart{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -105,7 +105,7 @@ def test_ddp_training_keeps_ranks_identical(synth_root, tmp_path, monkeypatch):
     for k in a["state"]:
         assert torch.equal(a["state"][k], b["state"][k]), k  # weights and every codebook buffer
     assert torch.equal(a["codes"], b["codes"])
-    assert int(a["state"]["quantizer.streams.RH.levels.0.updates"]) > 0
+    assert int(a["state"]["quantizer.rvq.levels.0.updates"]) > 0
     runs = list((tmp_path / "runs" / "tiny").iterdir())
     assert len(runs) == 1, "only rank 0 writes a run folder"
     lines = [json.loads(x) for x in (runs[0] / "metrics.jsonl").read_text().splitlines()]

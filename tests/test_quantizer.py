@@ -37,6 +37,11 @@ def make_rq(dim: int = 8, seed: int = 0, **overrides) -> ResidualQuantizer:
     return ResidualQuantizer(dim, rvq_cfg(**overrides))
 
 
+def one(x: torch.Tensor) -> torch.Tensor:
+    """(N, D) -> (1, N, D): a single stream as the one group of a codebook."""
+    return x[None]
+
+
 def fit(module: torch.nn.Module, data: torch.Tensor, steps: int) -> torch.nn.Module:
     """Training-mode forwards on fixed data: data init, then EMA updates."""
     module.train()
@@ -54,9 +59,9 @@ def clustered(n: int, dim: int, centres: int = 8, scale: float = 3.0, noise: flo
 
 def set_codebook(cb: Codebook, embed: torch.Tensor, cluster_size: torch.Tensor, updates: int) -> None:
     """A codebook in a known, self-consistent state (embed_sum = embed * cluster_size)."""
-    cb.embed.copy_(embed)
-    cb.cluster_size.copy_(cluster_size)
-    cb.embed_sum.copy_(embed * cluster_size[:, None])
+    cb.embed.copy_(embed[None])
+    cb.cluster_size.copy_(cluster_size[None])
+    cb.embed_sum.copy_((embed * cluster_size[:, None])[None])
     cb.updates.fill_(updates)
     cb.initted.fill_(True)
 
@@ -66,7 +71,7 @@ def set_codebook(cb: Codebook, embed: torch.Tensor, cluster_size: torch.Tensor, 
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
 def test_decode_of_encode_equals_eval_forward_bit_for_bit(distance):
-    z = 4.0 * torch.randn(64, 8) + 1.0
+    z = one(4.0 * torch.randn(64, 8) + 1.0)
     rq = fit(make_rq(distance=distance), z, 3).eval()
     res = rq(z)
     codes = rq.encode(z)
@@ -86,7 +91,7 @@ def test_decode_of_encode_equals_eval_forward_bit_for_bit(distance):
 def test_training_forward_equals_decode_of_its_codes(distance):
     """The value is exactly the sum of the codewords picked (from the codebook as it was
     before this forward's EMA update), i.e. the STE adds an exact zero."""
-    z = 4.0 * torch.randn(64, 8) + 1.0
+    z = one(4.0 * torch.randn(64, 8) + 1.0)
     rq = fit(make_rq(distance=distance), z, 1)  # data init done; now a plain EMA step
     before = copy.deepcopy(rq)
     res = rq(z)
@@ -102,7 +107,7 @@ def test_training_forward_equals_decode_of_its_codes(distance):
 
 
 def test_cosine_decodes_in_the_normalised_space():
-    z = 5.0 * torch.randn(64, 8) + 2.0  # norms far from 1
+    z = one(5.0 * torch.randn(64, 8) + 2.0)  # norms far from 1
     rq = fit(make_rq(distance="cosine"), z, 5).eval()
     q = rq.decode(rq.encode(z))
     unit = F.normalize(z, dim=-1)
@@ -113,10 +118,10 @@ def test_cosine_decodes_in_the_normalised_space():
 
 def test_codes_in_range_with_shapes():
     k, levels = 16, 3
-    rq = make_rq(codebook_size=k, levels=levels)
-    z = torch.randn(40, 8)
+    z = torch.randn(S, 40, 8)
+    rq = ResidualQuantizer(8, rvq_cfg(codebook_size=k, levels=levels), groups=S)
     for codes in (rq(z).codes, rq.encode(z), rq.eval()(z).codes):
-        assert codes.shape == (40, levels) and codes.dtype == torch.long
+        assert codes.shape == (S, 40, levels) and codes.dtype == torch.long
         assert int(codes.min()) >= 0 and int(codes.max()) < k
     ms = MultiStreamRVQ(8, rvq_cfg(codebook_size=k, levels=levels))
     zs = torch.randn(12, S, 8)
@@ -130,15 +135,15 @@ def test_codes_in_range_with_shapes():
 
 def test_reconstruction_error_falls_as_levels_are_added():
     levels = 4
-    z = torch.randn(256, 8)
+    z = one(torch.randn(256, 8))
     rq = fit(make_rq(levels=levels), z, 20).eval()
     codes, rel = rq.encode_with_residuals(z)
     errors = [z.norm(dim=-1).mean()]
     for k in range(1, levels + 1):
-        left = (z - rq.decode(codes[:, :k])).norm(dim=-1)
+        left = (z - rq.decode(codes[..., :k])).norm(dim=-1)
         errors.append(left.mean())
         # The residual norms reported for adaptive depth are these very residuals.
-        torch.testing.assert_close(rel[:, k - 1], left / z.norm(dim=-1), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(rel[..., k - 1], left / z.norm(dim=-1), rtol=1e-4, atol=1e-5)
     errors = torch.stack(errors)
     assert (errors[1:] <= errors[:-1]).all(), errors
     assert errors[-1] < 0.75 * errors[1], errors  # each extra level really helps overall
@@ -154,22 +159,22 @@ def test_ema_update_is_laplace_smoothed_lerp_of_running_sums():
     size = torch.tensor([2.0, 1.0, 3.0, 0.5])
     set_codebook(cb, embed, size, updates=10**6)  # warm-up over: the plain decay applies
     x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # all nearest to code 0
-    old_sum = cb.embed_sum.clone()
+    old_sum = cb.embed_sum[0].clone()
 
-    quantized, codes, _, _ = cb.train()(x)
-    assert codes.tolist() == [0, 0, 0]
-    assert torch.equal(quantized, embed[[0, 0, 0]])  # quantised with the pre-update codebook
+    quantized, codes, _, _ = cb.train()(one(x))
+    assert codes.tolist() == [[0, 0, 0]]
+    assert torch.equal(quantized[0], embed[[0, 0, 0]])  # quantised with the pre-update codebook
     counts = torch.tensor([3.0, 0, 0, 0])
-    sums = torch.zeros(k, 2).index_add_(0, codes, x)
+    sums = torch.zeros(k, 2).index_add_(0, codes[0], x)
     new_size = decay * size + (1 - decay) * counts
     new_sum = decay * old_sum + (1 - decay) * sums
     total = new_size.sum()
     smoothed = (new_size + eps) / (total + k * eps) * total
-    torch.testing.assert_close(cb.cluster_size, new_size)
-    torch.testing.assert_close(cb.embed_sum, new_sum)
-    torch.testing.assert_close(cb.embed, new_sum / smoothed[:, None])
+    torch.testing.assert_close(cb.cluster_size[0], new_size)
+    torch.testing.assert_close(cb.embed_sum[0], new_sum)
+    torch.testing.assert_close(cb.embed[0], new_sum / smoothed[:, None])
     assert int(cb.updates) == 10**6 + 1
-    assert cb.unused_steps.tolist() == [0, 1, 1, 1]
+    assert cb.unused_steps.tolist() == [[0, 1, 1, 1]]
 
 
 @pytest.mark.parametrize("t", [0, 3, 40, 10**5])
@@ -178,9 +183,9 @@ def test_ema_decay_warm_up(t):
     expected = min(decay, (1.0 + t) / (10.0 + t))
     cb = Codebook(2, rvq_cfg(codebook_size=2, ema_decay=decay, init="random"))
     set_codebook(cb, torch.tensor([[0.0, 0.0], [9.0, 9.0]]), torch.tensor([4.0, 2.0]), updates=t)
-    cb.train()(torch.tensor([[1.0, 1.0]] * 5))
-    torch.testing.assert_close(cb.cluster_size, torch.tensor([4.0 * expected + 5.0 * (1 - expected),
-                                                              2.0 * expected]))
+    cb.train()(one(torch.tensor([[1.0, 1.0]] * 5)))
+    torch.testing.assert_close(cb.cluster_size[0], torch.tensor([4.0 * expected + 5.0 * (1 - expected),
+                                                                 2.0 * expected]))
     assert int(cb.updates) == t + 1
 
 
@@ -190,9 +195,9 @@ def test_repeated_ema_updates_converge_to_the_mean_of_assigned_vectors():
     set_codebook(cb, embed, torch.ones(4), updates=10**6)
     x = torch.tensor([[5.0, 5.0], [6.0, 5.0], [5.0, 7.0], [4.5, 5.5]])
     for _ in range(100):
-        _, codes, _, _ = cb(x)
+        _, codes, _, _ = cb(one(x))
         assert (codes == 0).all()
-    torch.testing.assert_close(cb.embed[0], x.mean(0), rtol=0, atol=1e-3)
+    torch.testing.assert_close(cb.embed[0, 0], x.mean(0), rtol=0, atol=1e-3)
 
 
 # ---------------------------------------------------------------- gradients
@@ -200,7 +205,7 @@ def test_repeated_ema_updates_converge_to_the_mean_of_assigned_vectors():
 
 def test_straight_through_gradient_is_exactly_identity():
     rq = make_rq(levels=2)
-    z = torch.randn(32, 8, requires_grad=True)
+    z = torch.randn(1, 32, 8, requires_grad=True)
     rq(z).quantized.sum().backward()
     assert torch.equal(z.grad, torch.ones_like(z))
 
@@ -216,7 +221,7 @@ def test_straight_through_gradient_is_exactly_identity():
 
 def test_commitment_gradient_pulls_z_towards_its_codeword():
     rq = make_rq(levels=1)
-    z = torch.randn(32, 8) * 2
+    z = one(torch.randn(32, 8) * 2)
     fit(rq, z, 2)
     before = copy.deepcopy(rq)
     z.requires_grad_(True)
@@ -224,7 +229,7 @@ def test_commitment_gradient_pulls_z_towards_its_codeword():
     res.commit_loss.backward()
     q = before.decode(res.codes)
     assert z.grad.abs().sum() > 0
-    torch.testing.assert_close(z.grad, 2 * (z - q).detach() / z.numel())
+    torch.testing.assert_close(z.grad, 2 * (z - q).detach() / z.numel())  # mean over the one group
     # A descent step moves every row from z towards its codeword.
     assert ((-z.grad * (q - z.detach())).sum(-1) > 0).all()
     for buf in rq.buffers():
@@ -247,20 +252,20 @@ def test_dead_codes_are_restarted_from_the_batch_and_recent_ones_kept():
     batch = torch.cat([near0, near1])
     batches = [batch, torch.cat([batch, -5 + 0.1 * torch.randn(4, 4)]), batch]  # code 2 used at step 2 only
     for step, x in enumerate(batches, 1):
-        cb(x)
-        ref(x)
+        cb(one(x))
+        ref(one(x))
         if step < dead_after:
-            assert cb.unused_steps[3:].tolist() == [step] * 5  # counting up
-            assert torch.equal(cb.embed, ref.embed)           # nothing restarted yet
+            assert cb.unused_steps[0, 3:].tolist() == [step] * 5  # counting up
+            assert torch.equal(cb.embed, ref.embed)              # nothing restarted yet
     x = batches[-1]
-    assert cb.unused_steps.tolist() == [0, 0, 1] + [0] * 5    # restarted ones reset; code 2 counts on
-    assert torch.equal(cb.embed[:3], ref.embed[:3])           # used codes untouched by the restart
+    assert cb.unused_steps[0].tolist() == [0, 0, 1] + [0] * 5    # restarted ones reset; code 2 counts on
+    assert torch.equal(cb.embed[0, :3], ref.embed[0, :3])        # used codes untouched by the restart
     spread = (x - x.mean(0)).norm(dim=-1).mean()
-    to_batch = torch.cdist(cb.embed[3:], x).min(-1).values
-    assert (to_batch < 0.1 * spread).all(), to_batch          # re-seeded on batch rows
-    assert (torch.cdist(ref.embed[3:], x).min(-1).values > 10).all()
-    assert torch.equal(cb.cluster_size[3:], torch.ones(5))
-    assert torch.equal(cb.embed_sum[3:], cb.embed[3:])
+    to_batch = torch.cdist(cb.embed[0, 3:], x).min(-1).values
+    assert (to_batch < 0.1 * spread).all(), to_batch             # re-seeded on batch rows
+    assert (torch.cdist(ref.embed[0, 3:], x).min(-1).values > 10).all()
+    assert torch.equal(cb.cluster_size[0, 3:], torch.ones(5))
+    assert torch.equal(cb.embed_sum[0, 3:], cb.embed[0, 3:])
 
 
 def test_restart_jitter_follows_the_batch_spread_not_its_offset():
@@ -268,12 +273,12 @@ def test_restart_jitter_follows_the_batch_spread_not_its_offset():
     torch.manual_seed(0)
     x = offset + 0.1 * torch.randn(32, 4)
     cb = Codebook(4, rvq_cfg(codebook_size=8, dead_after_steps=1, init="random")).train()
-    _, codes, _, _ = cb(x)
+    _, codes, _, _ = cb(one(x))
     restarted = torch.ones(8, dtype=torch.bool)
-    restarted[codes] = False
+    restarted[codes[0]] = False
     assert int(restarted.sum()) >= 6
     radius = (x - x.mean(0)).norm(dim=-1).max()
-    assert ((cb.embed[restarted] - x.mean(0)).norm(dim=-1) < 1.5 * radius).all()
+    assert ((cb.embed[0, restarted] - x.mean(0)).norm(dim=-1) < 1.5 * radius).all()
 
 
 # ---------------------------------------------------------------- usage regulariser
@@ -282,13 +287,14 @@ def test_restart_jitter_follows_the_batch_spread_not_its_offset():
 def test_usage_kl_gradient_spreads_a_collapsed_batch():
     torch.manual_seed(0)
     cb = Codebook(4, rvq_cfg(codebook_size=16, init="random"))
-    cb.embed.copy_(2 * torch.randn(16, 4))
-    centre = (cb.embed - cb.embed.mean(0)).norm(dim=-1).argmin()
-    z = (cb.embed[centre] + 0.05 * torch.randn(64, 4)).requires_grad_(True)
-    assert len(cb.encode(z.detach()).unique()) == 1
+    cb.embed.copy_(2 * torch.randn(1, 16, 4))
+    embed = cb.embed[0]
+    centre = (embed - embed.mean(0)).norm(dim=-1).argmin()
+    z = (embed[centre] + 0.05 * torch.randn(64, 4)).requires_grad_(True)
+    assert len(cb.encode(one(z.detach())).unique()) == 1
 
     def kl() -> torch.Tensor:
-        return cb.usage_kl(sq_distances(z, cb.embed))
+        return cb.usage_kl(sq_distances(z, embed)[None])[0]
 
     start = kl().item()
     opt = torch.optim.Adam([z], lr=0.1)
@@ -299,7 +305,7 @@ def test_usage_kl_gradient_spreads_a_collapsed_batch():
         opt.step()
     # Factor 0.5 and >= 4 codes: over 20 seeds the worst was 0.43 and 6 codes.
     assert kl().item() < 0.5 * start
-    assert len(cb.encode(z.detach()).unique()) >= 4
+    assert len(cb.encode(one(z.detach())).unique()) >= 4
 
 
 # ---------------------------------------------------------------- state
@@ -324,9 +330,9 @@ def test_state_dict_round_trip_is_the_whole_state(kind):
     def build(seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
         cfg = rvq_cfg(codebook_size=16, levels=2, dead_after_steps=2)
-        return Codebook(4, cfg) if kind == "codebook" else MultiStreamRVQ(4, cfg)
+        return Codebook(4, cfg, groups=S) if kind == "codebook" else MultiStreamRVQ(4, cfg)
 
-    shape = (48, 4) if kind == "codebook" else (12, S, 4)
+    shape = (S, 48, 4) if kind == "codebook" else (12, S, 4)
     trained = build(0).train()
     attrs = _plain_attributes(trained)
     torch.manual_seed(5)
@@ -367,18 +373,19 @@ def test_first_batch_initialises_codes_inside_the_data(init, n):
     x = clustered(n, 4) + 10.0  # away from the origin, where the untrained codes sit
     cb = Codebook(4, rvq_cfg(codebook_size=k, init=init))
     assert not bool(cb.initted)
-    cb.eval()(x)
+    cb.eval()(one(x))
     assert not bool(cb.initted)  # eval never initialises
-    cb.train()(x)
+    cb.train()(one(x))
     assert bool(cb.initted)
     assert torch.isfinite(cb.embed).all()
+    embed = cb.embed[0]
     spread = (x - x.mean(0)).norm(dim=-1).mean()
-    nearest = torch.cdist(cb.embed, x).min(-1).values  # (K,)
+    nearest = torch.cdist(embed, x).min(-1).values  # (K,)
     # After the first EMA step a code may sit between two blobs that share it, never outside.
     assert (nearest < 0.5 * spread).all(), nearest / spread
     assert nearest.mean() < 0.1 * spread, nearest / spread
     slack = 0.05 * spread  # the 1% jitter of sampled codes
-    assert ((cb.embed >= x.min(0).values - slack) & (cb.embed <= x.max(0).values + slack)).all()
+    assert ((embed >= x.min(0).values - slack) & (embed <= x.max(0).values + slack)).all()
 
 
 def test_random_init_needs_no_data():
@@ -404,14 +411,14 @@ def test_sq_distances_matches_cdist():
 @pytest.mark.parametrize("training", [False, True])
 def test_rows_with_k_active_levels_sum_their_first_k_codewords(training):
     levels = 3
-    z = torch.randn(30, 8) * 2
+    z = one(torch.randn(30, 8) * 2)
     rq = fit(make_rq(levels=levels), z, 3).train(training)
     before = copy.deepcopy(rq)
     active = torch.arange(30) % levels + 1  # 1, 2, 3, 1, ...
     res = rq(z, active)
     for k in range(1, levels + 1):
         rows = active == k
-        assert torch.equal(res.quantized[rows], before.decode(res.codes[rows, :k]))
+        assert torch.equal(res.quantized[:, rows], before.decode(res.codes[:, rows, :k]))
     if training:
         # Inactive rows stay out of the EMA: a level no row uses only decays.
         size = rq.levels[1].cluster_size.clone()
@@ -426,5 +433,32 @@ def test_a_level_no_row_uses_on_the_first_batch_still_initialises():
     from src.models.quantizer import ResidualQuantizer
 
     rq = ResidualQuantizer(4, RVQConfig(levels=2, codebook_size=8)).train()
-    out = rq(torch.randn(10, 4), torch.ones(10, dtype=torch.long))  # level 1 inactive everywhere
-    assert bool(rq.levels[1].initted) and out.codes.shape == (10, 2)
+    out = rq(torch.randn(1, 10, 4), torch.ones(10, dtype=torch.long))  # level 1 inactive everywhere
+    assert bool(rq.levels[1].initted) and out.codes.shape == (1, 10, 2)
+
+
+def test_streams_are_independent_codebooks():
+    """Group g is quantised by codebook g alone: changing one stream's codebook or input
+    leaves every other stream's codes untouched."""
+    torch.manual_seed(0)
+    ms = fit(MultiStreamRVQ(8, rvq_cfg(levels=2)), torch.randn(32, S, 8) * 2, 3).eval()
+    z = torch.randn(20, S, 8) * 2
+    codes = ms.encode(z)
+    z2 = z.clone()
+    z2[:, 1] += 5.0  # move the LH inputs only
+    ms.rvq.levels[0].embed[3] += 1.0  # and change the B codebook
+    codes2 = ms.encode(z2)
+    keep = [0, 2, 4]
+    assert torch.equal(codes[:, keep], codes2[:, keep])
+    assert not torch.equal(codes[:, 1], codes2[:, 1])
+
+
+def test_cached_code_norms_follow_every_change_of_the_codebook():
+    cb = Codebook(4, rvq_cfg(codebook_size=8, init="random"), groups=2).eval()
+    x = torch.randn(2, 30, 4)
+    fresh = lambda: Codebook.distances(x, cb.embed, cb.embed.pow(2).sum(-1)).argmin(-1)  # noqa: E731
+    assert torch.equal(cb.encode(x), fresh())
+    cb.embed.mul_(3.0)                                     # in place
+    assert torch.equal(cb.encode(x), fresh())
+    cb.load_state_dict({**cb.state_dict(), "embed": torch.randn(2, 8, 4)})
+    assert torch.equal(cb.encode(x), fresh())

@@ -142,8 +142,8 @@ class Evaluator:
             for level in range(self.counts.shape[1]):
                 unused = dead_after = None
                 if model is not None:
-                    cb = model.quantizer.streams[name].levels[level]
-                    unused, dead_after = cb.unused_steps.cpu().numpy(), cb.dead_after
+                    cb = model.quantizer.codebook(name, level)
+                    unused, dead_after = cb["unused_steps"].cpu().numpy(), cb["dead_after"]
                 health[name][f"l{level}"] = usage_stats(self.counts[s, level], unused, dead_after)
         return health
 

@@ -1,12 +1,16 @@
 """Residual vector quantisation with EMA codebooks, nested as in audiocraft's core_vq:
 
 ``Codebook`` (one level: EMA, data init, dead-code restart) -> ``ResidualQuantizer``
-(levels) -> ``MultiStreamRVQ`` (one residual quantiser per stream F/LH/RH/B/FB).
+(levels) -> ``MultiStreamRVQ`` (the five streams F/LH/RH/B/FB).
+
+Each stream has its own codebooks and id space. They are stored as a leading group axis
+of each level's buffers (as vector-quantize-pytorch's grouped codebooks), so one level
+of all streams is one batched matmul rather than five small ones.
 
 All codebook state lives in registered buffers, so ``state_dict()`` is the whole
 resumable state. Under torch.distributed the per-code counts and sums are all-reduced
 inside the codebook before the EMA update, and dead-code replacements are drawn on rank 0
-and broadcast, so every rank holds the same codebook after every step.
+and broadcast, so every rank holds the same codebooks after every step.
 """
 from __future__ import annotations
 
@@ -14,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from src.config import RVQConfig
@@ -69,75 +72,93 @@ def kmeans(x: torch.Tensor, k: int, iters: int) -> torch.Tensor:
 
 
 class Codebook(nn.Module):
-    """One VQ level: nearest-code lookup, EMA updates, data init and dead-code restart."""
+    """One VQ level for ``groups`` independent codebooks of K codes (one per stream).
 
-    def __init__(self, dim: int, cfg: RVQConfig):
+    Inputs are (G, N, D): group g is quantised with codebook g only.
+    """
+
+    def __init__(self, dim: int, cfg: RVQConfig, groups: int = 1):
         super().__init__()
         self.size, self.decay, self.eps = cfg.codebook_size, cfg.ema_decay, cfg.laplace_eps
         self.dead_after, self.init, self.kmeans_iters = cfg.dead_after_steps, cfg.init, cfg.kmeans_iters
         self.temperature = cfg.usage_temperature
         if cfg.init not in ("kmeans", "sample", "random"):
             raise ValueError(f"model.rvq.init must be kmeans, sample or random, got {cfg.init!r}")
-        embed = torch.randn(cfg.codebook_size, dim) * dim ** -0.5
+        embed = torch.randn(groups, cfg.codebook_size, dim) * dim ** -0.5
         self.register_buffer("initted", torch.tensor(cfg.init == "random"))
-        self.register_buffer("embed", embed)
-        self.register_buffer("embed_sum", embed.clone())
-        self.register_buffer("cluster_size", torch.ones(cfg.codebook_size))
-        self.register_buffer("unused_steps", torch.zeros(cfg.codebook_size, dtype=torch.long))
+        self.register_buffer("embed", embed)                                      # (G, K, D)
+        self.register_buffer("embed_sum", embed.clone())                          # (G, K, D)
+        self.register_buffer("cluster_size", torch.ones(groups, cfg.codebook_size))
+        self.register_buffer("unused_steps", torch.zeros(groups, cfg.codebook_size, dtype=torch.long))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self._norms_key: tuple | None = None
+        self._norms: torch.Tensor | None = None
+
+    def _embed_norms(self) -> torch.Tensor:
+        """|e|^2 (G, K), recomputed only when the codebook changed (the streaming path reads
+        every codebook once per chunk; recomputing the norms would double that)."""
+        key = (id(self.embed), self.embed._version, self.embed.device)
+        if key != self._norms_key:
+            self._norms, self._norms_key = self.embed.pow(2).sum(-1), key
+        return self._norms
+
+    @staticmethod
+    def distances(x: torch.Tensor, embed: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
+        """Squared distances up to a per-row constant (|x|^2 is left out: it changes neither
+        the nearest code nor a softmax over codes). (G, N, D), (G, K, D), (G, K) -> (G, N, K)."""
+        return torch.baddbmm(norms[:, None, :], x, embed.transpose(1, 2), alpha=-2)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, D) -> (N,) nearest code ids."""
-        return sq_distances(x, self.embed).argmin(-1)
+        """(G, N, D) -> (G, N) nearest code ids."""
+        return self.distances(x, self.embed, self._embed_norms()).argmin(-1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """(...,) code ids -> (..., D) codewords."""
-        return F.embedding(codes, self.embed)
+        """(G, N) code ids -> (G, N, D) codewords."""
+        return _lookup(self.embed, codes)
 
     def forward(self, x: torch.Tensor, active: torch.Tensor | None = None):
-        """Quantise ``x`` (N, D); returns (codewords (detached), codes, commitment, usage KL).
+        """Quantise ``x`` (G, N, D); returns (codewords (detached), codes, commitment (G,), usage KL (G,)).
 
         ``active`` (N,) marks rows that use this level (quantizer dropout); only they count
         in the losses and the EMA statistics.
         """
-        rows = x if active is None else x[active]
+        rows = x if active is None else x[:, active]
         if self.training and not bool(self.initted):
             # Every rank joins the init broadcast; a level no row uses yet starts from all rows.
-            self._init_from((rows if rows.shape[0] else x).detach())
-        # The EMA update below rewrites the buffer in place; autograd needs the old values.
-        embed = self.embed.clone() if self.training else self.embed
-        dists = sq_distances(x, embed)  # (N, K)
-        codes = dists.argmin(-1)
-        quantized = F.embedding(codes, embed).detach()
-        d_rows = dists if active is None else dists[active]
-        q_rows = quantized if active is None else quantized[active]
-        commit = F.mse_loss(rows, q_rows) if rows.shape[0] else x.sum() * 0
+            self._init_from((rows if rows.shape[1] else x).detach())
+        if self.training:
+            # The EMA update below rewrites the buffer in place; autograd needs the old values.
+            embed = self.embed.clone()
+            dists = self.distances(x, embed, embed.pow(2).sum(-1))
+        else:
+            embed, dists = self.embed, self.distances(x, self.embed, self._embed_norms())
+        codes = dists.argmin(-1)                              # (G, N)
+        quantized = _lookup(embed, codes).detach()            # (G, N, D)
+        d_rows, q_rows = (dists, quantized) if active is None else (dists[:, active], quantized[:, active])
+        commit = (rows - q_rows).pow(2).mean((1, 2)) if rows.shape[1] else x.sum((1, 2)) * 0
         usage = self.usage_kl(d_rows)
         if self.training:
-            self._ema_update(rows.detach(), codes if active is None else codes[active])
+            self._ema_update(rows.detach(), codes if active is None else codes[:, active])
         return quantized, codes, commit, usage
 
     def usage_kl(self, dists: torch.Tensor) -> torch.Tensor:
-        """KL(u || uniform) of the batch's soft assignment ``u`` (differentiable in x).
+        """KL(u || uniform) per group of the batch's soft assignment ``u`` (differentiable in x).
 
         Distances are standardised per row (scale-free), so ``temperature`` 0.1 puts most
         of a row's mass on its few nearest codes: ``u`` tracks the real usage, and its
         gradient pulls encoder outputs towards the codes the batch uses least.
         """
-        if dists.shape[0] == 0:
-            return dists.sum() * 0
+        if dists.shape[1] == 0:
+            return dists.sum((1, 2)) * 0
         scale = dists.std(dim=-1, keepdim=True).detach().clamp_min(1e-8)
-        probs = torch.softmax(-dists / (self.temperature * scale), dim=-1)
-        usage = probs.mean(0)
-        return (usage * torch.log(usage * self.size + 1e-12)).sum()
+        usage = torch.softmax(-dists / (self.temperature * scale), dim=-1).mean(1)  # (G, K)
+        return (usage * torch.log(usage * self.size + 1e-12)).sum(-1)
 
     @torch.no_grad()
     def _init_from(self, x: torch.Tensor) -> None:
-        if self.init == "kmeans":
-            embed = kmeans(x, self.size, self.kmeans_iters)
-        else:
-            embed = _samples(x, self.size)
-        embed = _broadcast(embed.contiguous())
+        make = (lambda v: kmeans(v, self.size, self.kmeans_iters)) if self.init == "kmeans" \
+            else (lambda v: _samples(v, self.size))
+        embed = _broadcast(torch.stack([make(group) for group in x]).contiguous())
         self.embed.copy_(embed)
         self.embed_sum.copy_(embed)
         self.cluster_size.fill_(1.0)
@@ -145,8 +166,11 @@ class Codebook(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, x: torch.Tensor, codes: torch.Tensor) -> None:
-        counts = torch.bincount(codes, minlength=self.size).to(x.dtype)
-        sums = torch.zeros_like(self.embed).index_add_(0, codes, x.to(self.embed.dtype))
+        groups, k = self.cluster_size.shape
+        flat = (codes + torch.arange(groups, device=codes.device)[:, None] * k).reshape(-1)
+        counts = torch.bincount(flat, minlength=groups * k).to(self.embed.dtype).view(groups, k)
+        sums = torch.zeros(groups * k, x.shape[-1], dtype=self.embed.dtype, device=x.device)
+        sums = sums.index_add_(0, flat, x.reshape(-1, x.shape[-1]).to(self.embed.dtype)).view_as(self.embed)
         # Sum over ranks: the EMA then sees the global batch, as one process would.
         _all_reduce(counts)
         _all_reduce(sums)
@@ -156,26 +180,35 @@ class Codebook(nn.Module):
         self.updates.add_(1)
         self.cluster_size.lerp_(counts, 1 - decay)
         self.embed_sum.lerp_(sums, 1 - decay)
-        total = self.cluster_size.sum()
-        smoothed = (self.cluster_size + self.eps) / (total + self.size * self.eps) * total
-        self.embed.copy_(self.embed_sum / smoothed[:, None])
+        total = self.cluster_size.sum(-1, keepdim=True)
+        smoothed = (self.cluster_size + self.eps) / (total + k * self.eps) * total
+        self.embed.copy_(self.embed_sum / smoothed[..., None])
         self.unused_steps.add_(1).masked_fill_(counts > 0, 0)
         self._restart_dead(x)
 
     @torch.no_grad()
     def _restart_dead(self, x: torch.Tensor) -> None:
-        dead = self.unused_steps >= self.dead_after
-        num_dead = int(dead.sum())
-        if num_dead == 0:
+        dead = self.unused_steps >= self.dead_after   # (G, K), the same on every rank
+        if not bool(dead.any()):
             return
         # Rank 0 draws from its batch and shares, so all ranks restart to the same vectors
         # (every rank joins the broadcast, even one whose batch had no rows for this level).
-        source = x if x.shape[0] else self.embed[~dead] if (~dead).any() else self.embed
-        fresh = _broadcast(_samples(source, num_dead).contiguous())
+        fresh = []
+        for g, group_dead in enumerate(dead):
+            num = int(group_dead.sum())
+            if num:
+                source = x[g] if x.shape[1] else self.embed[g]
+                fresh.append(_samples(source, num))
+        fresh = _broadcast(torch.cat(fresh).contiguous())
         self.embed[dead] = fresh
         self.embed_sum[dead] = fresh
         self.cluster_size[dead] = 1.0
         self.unused_steps[dead] = 0
+
+
+def _lookup(embed: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Codewords of ``codes`` (G, N) in ``embed`` (G, K, D) -> (G, N, D)."""
+    return torch.gather(embed, 1, codes[..., None].expand(-1, -1, embed.shape[-1]))
 
 
 @dataclass
@@ -184,26 +217,26 @@ class QuantizedResult:
 
     quantized: torch.Tensor      # (..., D)
     codes: torch.Tensor          # (..., levels) long
-    commit_loss: torch.Tensor    # scalar, or (S,) per stream
-    usage_loss: torch.Tensor     # scalar, or (S,) per stream
+    commit_loss: torch.Tensor    # (G,) or (S,): per group / stream, mean over levels
+    usage_loss: torch.Tensor     # (G,) or (S,)
 
 
 class ResidualQuantizer(nn.Module):
     """Levels of codebooks, each quantising what the previous ones left over."""
 
-    def __init__(self, dim: int, cfg: RVQConfig):
+    def __init__(self, dim: int, cfg: RVQConfig, groups: int = 1):
         super().__init__()
         if cfg.distance not in ("euclidean", "cosine"):
             raise ValueError(f"model.rvq.distance must be euclidean or cosine, got {cfg.distance!r}")
         self.cosine = cfg.distance == "cosine"
-        self.levels = nn.ModuleList(Codebook(dim, cfg) for _ in range(cfg.levels))
+        self.levels = nn.ModuleList(Codebook(dim, cfg, groups) for _ in range(cfg.levels))
 
     def _prepare(self, z: torch.Tensor) -> torch.Tensor:
         # Cosine mode puts the latent on the unit sphere; residual levels stay euclidean.
-        return F.normalize(z, dim=-1) if self.cosine else z
+        return nn.functional.normalize(z, dim=-1) if self.cosine else z
 
     def forward(self, z: torch.Tensor, num_active: torch.Tensor | None = None) -> QuantizedResult:
-        """z (N, D) -> quantized (N, D). ``num_active`` (N,) levels per row (quantizer dropout).
+        """z (G, N, D) -> quantized (G, N, D). ``num_active`` (N,) levels per row (quantizer dropout).
 
         Each level's codeword is detached and one straight-through estimator is applied at
         the end (the EnCodec/audiocraft fix), written as ``out + (x - x.detach())`` so the
@@ -216,49 +249,58 @@ class ResidualQuantizer(nn.Module):
             active = None if num_active is None else num_active > i
             q, c, commit, usage = level(residual, active)
             if active is not None:
-                q = q * active[:, None].to(q.dtype)
+                q = q * active[None, :, None].to(q.dtype)
             residual = residual - q
             out = out + q
             codes.append(c)
             commits.append(commit)
             usages.append(usage)
         return QuantizedResult(out + (x - x.detach()), torch.stack(codes, -1),
-                               torch.stack(commits).mean(), torch.stack(usages).mean())
+                               torch.stack(commits).mean(0), torch.stack(usages).mean(0))
 
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
-        """z (N, D) -> codes (N, levels); the export and streaming path."""
-        return self.encode_with_residuals(z)[0]
+        """z (G, N, D) -> codes (G, N, levels); the export and streaming path."""
+        x = self._prepare(z)
+        codes = []
+        for level in self.levels:
+            c = level.encode(x)
+            x = x - level.decode(c)
+            codes.append(c)
+        return torch.stack(codes, -1)
 
     @torch.no_grad()
     def encode_with_residuals(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes (N, levels) and the norm left after each level relative to the input's (N, levels)."""
+        """Codes (G, N, levels) and the norm left after each level relative to the input's."""
         x = self._prepare(z)
-        residual, codes, norms = x, [], []
+        codes = self.encode(z)
         scale = x.norm(dim=-1).clamp_min(1e-8)
-        for level in self.levels:
-            c = level.encode(residual)
-            residual = residual - level.decode(c)
-            codes.append(c)
-            norms.append(residual.norm(dim=-1) / scale)
-        return torch.stack(codes, -1), torch.stack(norms, -1)
+        partial = torch.stack([self.decode(codes[..., :k + 1]) for k in range(codes.shape[-1])], -2)
+        return codes, (x[..., None, :] - partial).norm(dim=-1) / scale[..., None]
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (N, levels) -> (N, D), summing codewords in level order as the forward does."""
-        out = torch.zeros(codes.shape[0], self.levels[0].embed.shape[1],
-                          dtype=self.levels[0].embed.dtype, device=codes.device)
+        """codes (G, N, levels) -> (G, N, D), summing codewords in level order as the forward does."""
+        embed = self.levels[0].embed
+        out = torch.zeros(*codes.shape[:2], embed.shape[-1], dtype=embed.dtype, device=codes.device)
         for i, level in enumerate(self.levels[:codes.shape[-1]]):
-            out = out + level.decode(codes[:, i])
+            out = out + level.decode(codes[..., i])
         return out
 
 
 class MultiStreamRVQ(nn.Module):
-    """One residual quantiser per stream (own codebooks, own id space)."""
+    """A residual quantiser whose groups are the five streams (own codebooks, own id space)."""
 
     def __init__(self, dim: int, cfg: RVQConfig):
         super().__init__()
         self.num_levels, self.codebook_size = cfg.levels, cfg.codebook_size
-        self.streams = nn.ModuleDict({name: ResidualQuantizer(dim, cfg) for name in kp.STREAM_NAMES})
+        self.rvq = ResidualQuantizer(dim, cfg, groups=len(kp.STREAMS))
+
+    def codebook(self, stream: str, level: int) -> dict[str, torch.Tensor]:
+        """One stream's buffers at one level (views), e.g. for health reports."""
+        s = kp.STREAM_NAMES.index(stream)
+        cb = self.rvq.levels[level]
+        return {"embed": cb.embed[s], "cluster_size": cb.cluster_size[s], "unused_steps": cb.unused_steps[s],
+                "dead_after": cb.dead_after}
 
     def forward(self, z: torch.Tensor, num_active: torch.Tensor | None = None) -> QuantizedResult:
         """z (N, S, D) -> quantized (N, S, D), codes (N, S, levels), per-stream losses (S,).
@@ -266,23 +308,22 @@ class MultiStreamRVQ(nn.Module):
         Always fp32, also under autocast: bf16 distances would pick wrong nearest codes.
         """
         with torch.autocast(z.device.type, enabled=False):
-            results = [q(z[:, i].float(), num_active) for i, q in enumerate(self.streams.values())]
-        return QuantizedResult(
-            torch.stack([r.quantized for r in results], 1), torch.stack([r.codes for r in results], 1),
-            torch.stack([r.commit_loss for r in results]), torch.stack([r.usage_loss for r in results]))
+            r = self.rvq(z.float().transpose(0, 1).contiguous(), num_active)
+        return QuantizedResult(r.quantized.transpose(0, 1), r.codes.transpose(0, 1), r.commit_loss, r.usage_loss)
 
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z (N, S, D) -> codes (N, S, levels)."""
-        return self.encode_with_residuals(z)[0]
+        with torch.autocast(z.device.type, enabled=False):
+            return self.rvq.encode(z.float().transpose(0, 1).contiguous()).transpose(0, 1)
 
     @torch.no_grad()
     def encode_with_residuals(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes (N, S, levels) and the relative residual norm after each level (N, S, levels)."""
         with torch.autocast(z.device.type, enabled=False):
-            pairs = [q.encode_with_residuals(z[:, i].float()) for i, q in enumerate(self.streams.values())]
-        return torch.stack([c for c, _ in pairs], 1), torch.stack([r for _, r in pairs], 1)
+            codes, norms = self.rvq.encode_with_residuals(z.float().transpose(0, 1).contiguous())
+        return codes.transpose(0, 1), norms.transpose(0, 1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (N, S, levels) -> (N, S, D)."""
-        return torch.stack([q.decode(codes[:, i]) for i, q in enumerate(self.streams.values())], 1)
+        return self.rvq.decode(codes.transpose(0, 1)).transpose(0, 1)

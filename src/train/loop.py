@@ -11,6 +11,7 @@ import os
 import random
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -85,6 +86,32 @@ def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif va != vb:
             diffs.append(f"{prefix}{key}: {va!r} vs {vb!r}")
     return diffs
+
+
+def train_step(forward_model: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, batch, cfg: Config,
+               check: Callable[[dict[str, torch.Tensor]], None] | None = None
+               ) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+    """One optimizer step on a batch: forward (autocast) -> losses -> ``check`` -> backward ->
+    unscale + clip -> step -> zero_grad. Returns the losses, the gradient norm and the chunk count.
+
+    ``forward_model`` is what runs the forward (maybe DDP- or compile-wrapped); ``model`` owns
+    the parameters that are clipped.
+    """
+    x, conf = batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask]
+    device = x.device
+    with autocast(device, cfg):
+        out = forward_model(x, conf)
+        losses = compute_losses(out, x, conf, batch.chunk_mask, cfg.loss, cfg.model.rvq.commitment_beta)
+    if check is not None:
+        check(losses)
+    scaler.scale(losses["total"]).backward()
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return losses, grad_norm, x.shape[0]
 
 
 class Trainer:
@@ -239,20 +266,9 @@ class Trainer:
             lr = lr_at(self.step, cfg.train, self.total_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            batch = batch.to(self.device)
-            x, conf = batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask]
-            with autocast(self.device, cfg):
-                out = model(x, conf)
-                losses = compute_losses(out, x, conf, batch.chunk_mask, cfg.loss, cfg.model.rvq.commitment_beta)
-            self._check_finite(losses)
-            self.scaler.scale(losses["total"]).backward()
-            self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
+            losses, grad_norm, n = train_step(model, self.model, self.optimizer, self.scaler, batch.to(self.device),
+                                              cfg, self._check_finite)
             self.step += 1
-            n = x.shape[0]
             chunks += n
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0) + v.detach().float() * n
