@@ -121,6 +121,8 @@ class ExportConfig:
     max_chunks: int = 2048
     adaptive_depth: bool = False
     depth_threshold: float = 0.05    # stop adding levels once the residual norm ratio falls below
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast encoder/decoder (CPUs with bf16 units,
+    #                                  GPUs); the quantiser stays fp32; a few % of codes can differ
 
 
 @dataclass

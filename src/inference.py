@@ -4,6 +4,7 @@ A checkpoint carries its config, so ``load_tokenizer(path)`` is all a command ne
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,13 +39,24 @@ class Tokenized:
     sample: dict              # the dataset sample (x, conf, frame_mask, centres, unit, num_frames)
 
 
+def precision_context(device: str | torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
+    """``bf16``: autocast the encoder and decoder (the quantiser keeps fp32 itself); ``fp32``: as is."""
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    if precision != "fp32":
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
-def tokenize(model: SignTokenizer, samples: list[dict], device: str | torch.device = "cpu") -> list[Tokenized]:
+def tokenize(model: SignTokenizer, samples: list[dict], device: str | torch.device = "cpu",
+             precision: str = "fp32") -> list[Tokenized]:
     """Codes and reconstructions of dataset samples (each must carry its ``name``)."""
     batch = collate(samples).to(device)
     x, conf = batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask]
-    codes, residuals = model.quantizer.encode_with_residuals(model.encode_latent(x, conf))
-    recon = model.decode(model.decode_codes(codes))
+    with precision_context(device, precision):
+        codes, residuals = model.quantizer.encode_with_residuals(model.encode_latent(x, conf))
+        recon = model.decode(model.decode_codes(codes))
     out, start = [], 0
     for sample, n in zip(samples, batch.chunk_mask.sum(1).tolist()):
         rows = slice(start, start + n)

@@ -56,7 +56,9 @@ def test_every_section_and_figure(report):
     assert {"latency_ms_p50", "latency_ms_p95"} <= set(r["streaming"])
     assert {"encoder_chunks_per_s_1thread", "encode_chunks_per_s_1thread", "encode_chunks_per_s_all_threads",
             "matmul_peak_gflop_per_s_1thread", "encoder_gflop_per_s_1thread", "encode_gflop_per_s_1thread",
-            "encoder_peak_frac", "encode_peak_frac"} <= set(r["export"])
+            "encoder_peak_frac", "encode_peak_frac", "encode_chunks_per_s_1thread_bf16",
+            "bf16_codes_equal_to_fp32_frac"} <= set(r["export"])
+    assert 0.0 <= r["export"]["bf16_codes_equal_to_fp32_frac"] <= 1.0
     assert {"step_ms_p50", "chunks_per_s", "peak_memory_mib"} <= set(r["train"])
     assert {"cpu_model", "cpu_cores_os", "cpu_cores_affinity", "torch_version", "default_threads"} <= set(r["machine"])
     assert all(isinstance(v, bool) for v in r["targets"].values())

@@ -161,7 +161,7 @@ def _meta(cfg: Config, split: str, checkpoint: str) -> dict:
     ex = cfg.export
     return {"checkpoint": checkpoint, "split": split, "adaptive_depth": ex.adaptive_depth,
             "depth_threshold": ex.depth_threshold if ex.adaptive_depth else None,
-            "rle_threshold": ex.rle_threshold, "max_run": ex.max_run}
+            "rle_threshold": ex.rle_threshold, "max_run": ex.max_run, "precision": ex.precision}
 
 
 def tokenized_record(tok: Tokenized, cfg: Config, meta: dict, text: str | None = None
@@ -230,7 +230,7 @@ def export_tokens(model: SignTokenizer, cfg: Config, split: str, num_samples: in
         for start in range(0, len(dataset), batch_size):
             indices = range(start, min(start + batch_size, len(dataset)))
             samples = _load(dataset, indices, failures)
-            for tok in tokenize(model, samples, device) if samples else []:
+            for tok in tokenize(model, samples, device, cfg.export.precision) if samples else []:
                 try:
                     record, counts, depths = tokenized_record(tok, cfg, meta, _text(dataset, tok.name))
                 except ValueError as e:
