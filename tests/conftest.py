@@ -6,12 +6,22 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from src.config import Config, load_config
 from src.data.synth import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_SAMPLE = REPO.parent / "shared" / "data" / "real_pose_sample"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny tensor tests, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

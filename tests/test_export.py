@@ -31,7 +31,7 @@ from src.viz.token_report import record_code_counts
 
 SPEC_KEYS = {"video_name", "fps", "chunk_len", "tokens", "rle", "template", "meta", "text"}
 META_KEYS = {"checkpoint", "codebook_size", "num_levels", "id_scheme", "num_chunks", "adaptive_depth",
-             "rle_threshold"}
+             "rle_threshold", "precision"}
 TEXTS = {"static": "a static signer", "short": "four frames", "moving": "hands move", "ghost": "no pose file"}
 MOVING_FRAMES = 24  # 3 chunks, the last one padded
 
@@ -204,6 +204,18 @@ def test_adaptive_depth(model_cfg, lossless):
     assert adaptive_depths(residuals, 0.3).tolist() == [[2, 3]]
     assert adaptive_depths(residuals, 0.6).tolist() == [[1, 3]]
     assert adaptive_depths(residuals, 0.0).tolist() == [[3, 3]]
+
+
+def test_bf16_export_is_recorded_and_mostly_agrees_with_fp32(model_cfg, plain):
+    bf16, stats, _ = run_export(model_cfg, "export.precision=bf16", "export.enable_rle=false")
+    assert stats.exported == 3
+    agree = total = 0
+    for name, rec in bf16.items():
+        assert rec["meta"]["precision"] == "bf16" and plain[name]["meta"]["precision"] == "fp32"
+        for a, b in zip(rle_decode(rec["tokens"]).values(), rle_decode(plain[name]["tokens"]).values()):
+            same = np.array(a) == np.array(b)
+            agree, total = agree + int(same.sum()), total + same.size
+    assert agree / total > 0.5, agree / total  # the quantiser stays fp32; only the encoder runs in bf16
 
 
 def test_export_config_allows_only_export_and_data_location(model_cfg):

@@ -15,18 +15,11 @@ from src.losses import compute_losses
 from src.models.quantizer import QuantizedResult
 from src.models.tokenizer import SignTokenizer, TokenizerOutput
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: a second thread only adds contention
+
 P, S, L = kp.NUM_STREAM_POINTS, len(kp.STREAMS), 4
 LEVELS, K, D = 2, 32, 16
 BETA = 0.25
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny ops; a second thread only fights the other processes on a small machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_cfg(**overrides) -> ModelConfig:

@@ -13,18 +13,11 @@ from src.config import RVQConfig
 from src.data import keypoints as kp
 from src.models.quantizer import Codebook, MultiStreamRVQ, ResidualQuantizer, sq_distances
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: a second thread only adds contention
+
 S = len(kp.STREAM_NAMES)
 BUFFERS = {"initted", "embed", "embed_sum", "cluster_size", "unused_steps", "updates"}
 NEVER = 10**9  # dead_after_steps that never restarts
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny ops; a second thread only fights the other processes on a small machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def rvq_cfg(**overrides) -> RVQConfig:

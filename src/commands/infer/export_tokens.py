@@ -8,7 +8,7 @@ from src.cli import parser, run
 
 EPILOG = """The model and its data processing come from the checkpoint. --config and key=value
 overrides may change only export.* (enable_rle, rle_threshold, max_run, max_chunks,
-adaptive_depth, depth_threshold) and the data location keys (data.root, data.split_file,
+adaptive_depth, depth_threshold, precision) and the data location keys (data.root, data.split_file,
 data.annotation_file, data.pose_dir, data.pack_dir); other keys of --config are ignored,
 other overrides are an error. Whole sequences are exported (data.max_frames is ignored)."""
 
