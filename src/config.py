@@ -108,7 +108,7 @@ class TrainConfig:
     log_every: int = 50              # steps
     val_every: int = 1               # epochs
     ckpt_every: int = 5              # epochs
-    codebook_every: int = 5          # epochs
+    codebook_every: int = 5          # epochs between codebook usage histograms (health: every validation)
     token_samples_every: int = 1     # epochs; 0 = off
     num_token_samples: int = 5
 

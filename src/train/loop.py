@@ -298,7 +298,7 @@ class Trainer:
                                 f"stopping. Last good checkpoint: {self.run_dir}/ckpt_last.pt")
 
     def validate(self, codebook: bool) -> dict[str, Any]:
-        """Validation figures reduced over ranks; codebook health when asked."""
+        """Validation figures reduced over ranks, with codebook health; usage histograms when ``codebook``."""
         ev, _ = evaluate(self.model, self.val_loader, self.cfg, self.device)
         ev.reduce()
         result = ev.result()
@@ -310,19 +310,21 @@ class Trainer:
                 self.writer.add_scalar(f"val/{k}", v, self.step)
             for k, v in result["mpjpe_px"].items():
                 self.writer.add_scalar(f"val/mpjpe_px/{k}", v, self.step)
-        if codebook:
-            out["codebook"] = ev.codebook_health(self.model)
-            if self.dist.is_main:
-                self._log_codebook(out["codebook"], ev.counts)
+        # Health comes free with the validation codes, so it is watched from the first epoch.
+        out["codebook"] = ev.codebook_health(self.model)
+        if self.dist.is_main:
+            self._log_codebook(out["codebook"], ev.counts, histograms=codebook)
         return out
 
-    def _log_codebook(self, health: dict, counts: np.ndarray) -> None:
+    def _log_codebook(self, health: dict, counts: np.ndarray, histograms: bool) -> None:
         log.info("codebook usage %% (l0..): %s", " | ".join(
             f"{s} " + "/".join(f"{100 * lv['usage']:.1f}" for lv in levels.values()) for s, levels in health.items()))
         for s, (stream, levels) in enumerate(health.items()):
             for level, stats in levels.items():
                 for key in ("usage", "perplexity", "entropy", "dead"):
                     self.writer.add_scalar(f"codebook/{key}/{stream}/{level}", stats[key], self.step)
+                if not histograms:
+                    continue
                 c = counts[s, int(level[1:])].astype(np.float64)
                 ids = np.arange(c.size, dtype=np.float64)
                 if c.sum() > 0:
