@@ -43,7 +43,7 @@ class DataConfig:
     min_frames: int = 4
     min_valid_frac: float = 0.5      # of frames with both shoulders confident; else skipped
     lowpass_sigma: float = 0.0       # Gaussian smoothing over time, in frames; 0 = off
-    num_workers: int = 2
+    num_workers: int = 4
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

@@ -146,12 +146,16 @@ class Trainer:
             mean, std = pose_statistics(self.train_set.source, self.train_set.names, cfg.data,
                                         cfg.model.stats_sequences)
             self.model.set_standardisation(torch.from_numpy(mean), torch.from_numpy(std))
-        forward_model = torch.compile(self.model) if cfg.train.compile else self.model
-        self.forward_model = forward_model
+        if cfg.train.compile:
+            # Encoder and decoder only, compiled in place (state-dict keys unchanged). The
+            # quantiser updates its buffers in place and talks to other ranks: left eager.
+            self.model.encoder.compile()
+            self.model.decoder.compile()
+        self.forward_model = self.model
         if dist_info.enabled:
             # Codebook buffers are kept equal by the codebooks' own all-reduce; no re-broadcast.
             ids = [dist_info.local_rank] if self.device.type == "cuda" else None
-            self.forward_model = DDP(forward_model, device_ids=ids, broadcast_buffers=False)
+            self.forward_model = DDP(self.model, device_ids=ids, broadcast_buffers=False)
         self.writer = self._tensorboard()
 
     # -- setup helpers -----------------------------------------------------------------
