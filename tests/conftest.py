@@ -2,6 +2,7 @@
 config and a tiny trained checkpoint (built once per test session)."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from src.config import Config, load_config
 from src.data.synth import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_SAMPLE = REPO.parent / "shared" / "data" / "real_pose_sample"
+# The real recorded pose sample lives outside the repository (it must never be committed).
+REAL_SAMPLE = Path(os.environ.get("SIGNSTREAM_REAL_SAMPLE", REPO.parent / "shared" / "data" / "real_pose_sample"))
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,7 @@ def synth_root(tmp_path_factory) -> Path:
 def real_root(tmp_path_factory) -> Path:
     """A temporary copy of the real pose sample (never inside the repository); skipped when absent."""
     if not REAL_SAMPLE.is_dir():
-        pytest.skip("real pose sample not available")
+        pytest.skip("real pose sample not available (set SIGNSTREAM_REAL_SAMPLE to its folder)")
     dst = tmp_path_factory.mktemp("real") / "real_pose_sample"
     shutil.copytree(REAL_SAMPLE, dst)
     return dst
