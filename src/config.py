@@ -72,7 +72,7 @@ class ModelConfig:
     dropout: float = 0.0
     type_embedding: str = "add"      # add | concat
     type_dim: int = 32               # width of the concatenated stream embedding
-    pool: str = "attention"          # attention | mean
+    pool: str = "attention"          # attention | mean | flatten (frames side by side; decoder mirrors)
     latent_dim: int = 256
     stats_sequences: int = 1000      # training sequences read for the per-point mean/std standardisation
     rvq: RVQConfig = field(default_factory=RVQConfig)

@@ -79,7 +79,7 @@ def test_forward_backward_shapes_and_every_parameter_gets_a_gradient(only_recon)
 
 
 @pytest.mark.parametrize("type_embedding", ["add", "concat"])
-@pytest.mark.parametrize("pool", ["attention", "mean"])
+@pytest.mark.parametrize("pool", ["attention", "mean", "flatten"])
 def test_type_embedding_and_pool_options(type_embedding, pool):
     model = make_model(type_embedding=type_embedding, pool=pool)
     x, observed = inputs(3)
