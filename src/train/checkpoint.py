@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from src.config import Config, ConfigError, from_dict, to_dict
+from src.config import Config, ConfigError, from_dict
 
 
 class CheckpointError(RuntimeError):
@@ -88,7 +88,3 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def model_config_dict(cfg: Config) -> dict[str, Any]:
-    return to_dict(cfg)

@@ -10,8 +10,8 @@ import math
 import os
 import random
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from src.config import Config, save_config, to_dict
+from src.config import Config, ConfigError, save_config, to_dict
 from src.data import keypoints as kp
 from src.data.dataset import PoseDataset, collate, make_loader
 from src.data.stats import pose_statistics
@@ -47,7 +47,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def find_batch_size(fits, start: int = 4, limit: int = 4096) -> int:
+def find_batch_size(fits: Callable[[int], None], start: int = 4, limit: int = 4096) -> int:
     """Largest batch size in [1, limit] for which ``fits(bs)`` runs without running out of memory.
 
     Doubles until the first failure, then bisects between the last success and it.
@@ -61,13 +61,10 @@ def find_batch_size(fits, start: int = 4, limit: int = 4096) -> int:
                 torch.cuda.empty_cache()
             return False
 
-    good, bad = 0, None
-    bs = start
+    good, bs = 0, start
     while bs <= limit and ok(bs):
         good, bs = bs, bs * 2
-    bad = min(bs, limit + 1)
-    if good == 0:
-        good, bad = 0, start
+    bad = min(bs, limit + 1)  # the first size that failed (or one past the limit)
     while bad - good > 1:
         mid = (good + bad) // 2
         good, bad = (mid, bad) if ok(mid) else (good, mid)
@@ -192,7 +189,7 @@ class Trainer:
         bs = self.cfg.train.batch_size
         if bs != "auto":
             if bs < 1:
-                raise ValueError(f"train.batch_size must be >= 1 or 'auto', got {bs}")
+                raise ConfigError(f"train.batch_size must be >= 1 or 'auto', got {bs}")
             return bs
         if self.device.type != "cuda":
             log.warning("train.batch_size=auto needs CUDA; using 32 on %s", self.device)
