@@ -175,6 +175,7 @@ def nc_record() -> dict:
         {"t": 2, "LH": ["NC", 2], "RH": [11, 12]},
         {"t": 3, "RH": [13, 14]},
         {"t": 4, "F": [15, 16], "LH": [17, 18], "RH": ["NC", 2]},
+        {"t": 5, "F": [19, 20], "LH": [21, 22]},
     ]
     return {"video_name": "vid", "fps": 30, "chunk_len": 10, "tokens": tokens, "rle": True,
             "meta": {"codebook_size": 32, "num_levels": 2}}
@@ -182,11 +183,19 @@ def nc_record() -> dict:
 
 def test_decode_expands_nc_runs():
     tl = _decode(nc_record())
-    assert tl.streams == ["F", "LH", "RH"] and tl.num_chunks == 6  # RH's run reaches t=5
-    assert tl.codes["F"] == [[1, 2], [1, 2], [1, 2], [1, 2], [15, 16], None]
-    assert tl.codes["LH"] == [[3, 4], [7, 8], [7, 8], [7, 8], [17, 18], None]
+    assert tl.streams == ["F", "LH", "RH"] and tl.num_chunks == 6
+    assert tl.codes["F"] == [[1, 2], [1, 2], [1, 2], [1, 2], [15, 16], [19, 20]]
+    assert tl.codes["LH"] == [[3, 4], [7, 8], [7, 8], [7, 8], [17, 18], [21, 22]]
     assert tl.codes["RH"][4:] == [[13, 14], [13, 14]]
     assert tl.nc_runs == {"F": [(1, 3)], "LH": [(2, 2)], "RH": [(4, 2)]}
+    assert tl.held("F").tolist() == [False, True, True, True, False, False]
+
+
+def test_decode_rejects_a_malformed_record():
+    record = nc_record()
+    record["tokens"] = record["tokens"][:5]  # RH's run now goes past the last chunk
+    with pytest.raises(ValueError, match="goes past the end"):
+        _decode(record)
 
 
 def test_token_timeline_png(tmp_path):

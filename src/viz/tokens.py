@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import to_rgba
 from matplotlib.patches import Patch, Rectangle
 
-from src.data.keypoints import STREAM_NAMES
+from src.tokens.rle import is_nc, rle_decode
 from src.viz._figure import new_figure, save_png
 
 _NC_HATCH = "////"
@@ -34,10 +34,6 @@ def _ink(background: np.ndarray) -> str:
     return "black" if luminance > 0.5 else "white"
 
 
-def _is_nc(value: object) -> bool:
-    return isinstance(value, list) and len(value) == 2 and value[0] == "NC"
-
-
 def _held_mask(runs: list[tuple[int, int]], n: int) -> np.ndarray:
     """``(n,)`` bool: the chunks covered by NC runs."""
     held = np.zeros(n, bool)
@@ -48,10 +44,10 @@ def _held_mask(runs: list[tuple[int, int]], n: int) -> np.ndarray:
 
 @dataclass
 class _Timeline:
-    """A record decoded for plotting: ``codes[s][t]`` = codes per level or ``None``."""
+    """A record decoded for plotting: ``codes[s][t]`` = that chunk's codes per level."""
 
     streams: list[str]
-    codes: dict[str, list[list[int] | None]]
+    codes: dict[str, list[list[int]]]
     nc_runs: dict[str, list[tuple[int, int]]]  # (first chunk, length) per run
     num_chunks: int
 
@@ -60,23 +56,11 @@ class _Timeline:
 
 
 def _decode(record: dict) -> _Timeline:
-    """Undo the run-length ``["NC", k]`` compression of a token record (own small codec)."""
-    by_t = {e["t"]: e for e in record["tokens"]}
-    keys = {k for e in by_t.values() for k in e if k != "t"}
-    streams = [s for s in STREAM_NAMES if s in keys] + sorted(keys - set(STREAM_NAMES))
-    runs = {s: [(t, e[s][1]) for t, e in sorted(by_t.items()) if _is_nc(e.get(s))]
-            for s in streams}
-    n = max([t + 1 for t in by_t] + [t + k for r in runs.values() for t, k in r], default=0)
-    codes = {}
-    for s in streams:
-        held, seq, prev = _held_mask(runs[s], n), [], None
-        for t in range(n):
-            value = by_t.get(t, {}).get(s)
-            if value is not None and not _is_nc(value):
-                prev = value
-            seq.append(prev if value is not None or held[t] else None)
-        codes[s] = seq
-    return _Timeline(streams, codes, runs, n)
+    """The record's codes per chunk (NC runs expanded by the token codec) and where the runs are."""
+    entries = record["tokens"]
+    codes = rle_decode(entries, where="tokens")
+    runs = {s: [(e["t"], e[s][1]) for e in entries if is_nc(e.get(s))] for s in codes}
+    return _Timeline(list(codes), codes, runs, len(entries))
 
 
 def _num_levels(record: dict, tl: _Timeline) -> int:
