@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
             root = args.root
             if root is None:
                 root = f"{tmp}/synthetic"
-                write_synthetic_dataset(root, num=2 * args.num, seed=0)
+                # Lengths like the real sample's (median ~100 frames) keep the check under 3 minutes.
+                write_synthetic_dataset(root, num=2 * args.num, seed=0, min_frames=60, max_frames=150)
             cfg = load_config(args.config, [f"data.root={root}", f"save_path={tmp}/runs", *args.overrides])
             result = overfit_check(cfg, args.num)
         result.pop("run_dir")
