@@ -287,6 +287,18 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     return apply_overrides(cfg, overrides or [])
 
 
+def config_differences(a: dict, b: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two nested config dicts -> (value in a, value in b)."""
+    diffs: dict[str, tuple[Any, Any]] = {}
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            diffs.update(config_differences(va, vb, f"{prefix}{key}."))
+        elif va != vb:
+            diffs[f"{prefix}{key}"] = (va, vb)
+    return diffs
+
+
 def to_dict(cfg: Config) -> dict[str, Any]:
     """Plain nested dict of the config (for YAML, checkpoints and logs)."""
     return dataclasses.asdict(cfg)

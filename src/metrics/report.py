@@ -1,9 +1,16 @@
 """The eval-rvq report: checks against the oracles and targets, and a readable table."""
 from __future__ import annotations
 
+import dataclasses
+import resource
+import sys
+
 import numpy as np
+import torch
 
 from src.data import keypoints as kp
+from src.data.dataset import PoseDataset, make_loader
+from src.metrics.evaluate import evaluate
 
 PARTS = ("F", "LH", "RH", "B")
 
@@ -71,11 +78,6 @@ def _cells(values: dict) -> tuple[str, ...]:
 
 def peak_memory(device) -> tuple[float, str]:
     """Peak memory in MB: CUDA max allocated on a GPU, else the process's peak RSS."""
-    import resource
-    import sys
-
-    import torch
-
     if getattr(device, "type", str(device)) == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max allocated"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
@@ -84,11 +86,6 @@ def peak_memory(device) -> tuple[float, str]:
 
 def evaluation_report(model, cfg, split: str, device, batch_size: int = 16, progress: bool = True) -> dict:
     """Evaluate a model on a split (whole sequences) and assemble the full report."""
-    import dataclasses
-
-    from src.data.dataset import PoseDataset, make_loader
-    from src.metrics.evaluate import evaluate
-
     data = dataclasses.replace(cfg.data, max_frames=0)  # evaluate whole sequences, never a crop
     dataset = PoseDataset(data, split, progress=progress)
     loader = make_loader(dataset, batch_size, train=False, num_workers=data.num_workers)

@@ -261,22 +261,25 @@ class ResidualQuantizer(nn.Module):
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z (G, N, D) -> codes (G, N, levels); the export and streaming path."""
-        x = self._prepare(z)
-        codes = []
-        for level in self.levels:
-            c = level.encode(x)
-            x = x - level.decode(c)
-            codes.append(c)
-        return torch.stack(codes, -1)
+        return self.encode_with_residuals(z, norms=False)[0]
 
     @torch.no_grad()
-    def encode_with_residuals(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes (G, N, levels) and the norm left after each level relative to the input's."""
+    def encode_with_residuals(self, z: torch.Tensor, norms: bool = True
+                              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Codes (G, N, levels) and, if ``norms``, the norm left after each level relative to
+        the input's (G, N, levels)."""
         x = self._prepare(z)
-        codes = self.encode(z)
-        scale = x.norm(dim=-1).clamp_min(1e-8)
-        partial = torch.stack([self.decode(codes[..., :k + 1]) for k in range(codes.shape[-1])], -2)
-        return codes, (x[..., None, :] - partial).norm(dim=-1) / scale[..., None]
+        scale = x.norm(dim=-1).clamp_min(1e-8) if norms else None
+        residual, out, codes, left = x, torch.zeros_like(x), [], []
+        for level in self.levels:
+            c = level.encode(residual)
+            q = level.decode(c)
+            residual, out = residual - q, out + q
+            codes.append(c)
+            if norms:
+                # From the decoded sum, so it is exactly the error of decode(codes[..., :k]).
+                left.append((x - out).norm(dim=-1) / scale)
+        return torch.stack(codes, -1), torch.stack(left, -1) if norms else None
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (G, N, levels) -> (G, N, D), summing codewords in level order as the forward does."""

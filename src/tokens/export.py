@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from src.config import Config, ConfigError, apply_overrides, load_config, to_dict
+from src.config import Config, ConfigError, apply_overrides, config_differences, load_config, to_dict
 from src.data.dataset import PoseDataset
 from src.data.keypoints import STREAM_NAMES
 from src.data.source import DataError, split_names
@@ -34,26 +34,8 @@ DATA_LOCATION_KEYS = ("data.root", "data.split_file", "data.annotation_file", "d
 Failure = tuple[str, str]  # (video name, reason)
 
 
-def _flatten(values: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for k, v in values.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _settable(key: str) -> bool:
     return key.startswith("export.") or key in DATA_LOCATION_KEYS
-
-
-def _set(cfg: Config, key: str, value: object) -> None:
-    *parents, last = key.split(".")
-    node = cfg
-    for p in parents:
-        node = getattr(node, p)
-    setattr(node, last, value)
 
 
 def export_config(cfg: Config, config_path: str | None = None, overrides: list[str] | tuple = (),
@@ -67,11 +49,12 @@ def export_config(cfg: Config, config_path: str | None = None, overrides: list[s
     cfg = dataclasses.replace(cfg)  # shallow: sub-configs are replaced, never mutated
     cfg.data, cfg.export = dataclasses.replace(cfg.data), dataclasses.replace(cfg.export)
     if config_path:
-        given, own = _flatten(to_dict(load_config(config_path))), _flatten(to_dict(cfg))
-        for key, value in given.items():
-            if _settable(key):
-                _set(cfg, key, value)
-        ignored = [k for k, v in given.items() if not _settable(k) and own.get(k) != v]
+        given = load_config(config_path)
+        ignored = [k for k in config_differences(to_dict(cfg), to_dict(given)) if not _settable(k)]
+        cfg.export = given.export
+        for key in DATA_LOCATION_KEYS:
+            name = key.split(".", 1)[1]
+            setattr(cfg.data, name, getattr(given.data, name))
         if ignored:
             log.warning("%s: ignored %s (model and data processing come from the checkpoint)",
                         config_path, ", ".join(ignored[:6]) + (" ..." if len(ignored) > 6 else ""))

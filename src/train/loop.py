@@ -19,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from src.config import Config, ConfigError, save_config, to_dict
+from src.config import Config, ConfigError, config_differences, save_config, to_dict
 from src.data import keypoints as kp
 from src.data.dataset import PoseDataset, collate, make_loader
 from src.data.stats import pose_statistics
@@ -71,18 +71,6 @@ def find_batch_size(fits: Callable[[int], None], start: int = 4, limit: int = 40
     if good == 0:
         raise RuntimeError("not even a batch of 1 sequence fits in memory")
     return good
-
-
-def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested config dicts."""
-    diffs = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            diffs += config_differences(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            diffs.append(f"{prefix}{key}: {va!r} vs {vb!r}")
-    return diffs
 
 
 def train_step(forward_model: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -159,7 +147,8 @@ class Trainer:
     def _check_resume(self, path: str) -> dict[str, Any]:
         state = load_checkpoint(path, self.device)
         stored = config_from_checkpoint(state, path)
-        diffs = config_differences(to_dict(stored.model), to_dict(self.cfg.model), "model.")
+        diffs = [f"{k}: {v!r} vs {w!r}" for k, (v, w) in
+                 config_differences(to_dict(stored.model), to_dict(self.cfg.model), "model.").items()]
         if stored.data.chunk_len != self.cfg.data.chunk_len:
             diffs.append(f"data.chunk_len: {stored.data.chunk_len} vs {self.cfg.data.chunk_len}")
         if diffs:
