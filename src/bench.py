@@ -48,12 +48,13 @@ class BenchSettings:
     train_steps: int = 3
     train_warmup: int = 1             # the first step also runs the codebooks' k-means init
     data_sequences: int = 2000        # synthetic sequences written for the loading figures
+    data_cold_repeats: int = 3        # cold passes of raw loads (median)
 
 
 FULL = BenchSettings()
 FAST = BenchSettings(latency_repeats=20, latency_warmup=3, export_batch=64, export_batch_cuda=256,
                      export_repeats=2, matmul_size=256, matmul_size_cuda=1024, matmul_repeats=3,
-                     train_steps=2, data_sequences=200)
+                     train_steps=2, data_sequences=200, data_cold_repeats=1)
 # --fast without a config of its own: a tiny model, so the whole bench takes seconds.
 FAST_OVERRIDES = ["model.width=64", "model.enc_layers=1", "model.dec_layers=1", "model.heads=2",
                   "model.latent_dim=32", "model.rvq.levels=2", "model.rvq.codebook_size=64",
@@ -364,24 +365,31 @@ def sequences_per_s(fn: Callable[[int], Any], count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def loading_figures(dataset, files: list[Path]) -> dict[str, Any]:
-    """Raw loads (PoseSource.load) and whole samples (PoseDataset.__getitem__: load +
-    make_sample) over every sequence, each from a cold page cache; then raw loads warm."""
+def loading_figures(dataset, files: list[Path], cold_repeats: int) -> dict[str, Any]:
+    """Raw loads (PoseSource.load) over every sequence from a cold page cache (median of
+    ``cold_repeats`` passes), then warm; whole samples (PoseDataset.__getitem__: load +
+    make_sample) over every sequence from a cold cache."""
     names, out = dataset.names, {}
-    # A fresh source, as a DataLoader worker gets it: the scan's memmap of the pack is
-    # closed, and pages still mapped by this process would stay in the cache.
-    dataset.source = copy.copy(dataset.source)
-    dropped = drop_page_cache(files)
-    out["cold_resident_frac"] = resident_frac(files)
-    out["load_cold_seq_per_s"] = sequences_per_s(lambda i: dataset.source.load(names[i]), len(names))
+    cold, resident, dropped = [], [], True
+    for _ in range(cold_repeats):
+        # A fresh source, as a DataLoader worker gets it: the scan's memmap of the pack is
+        # closed, and pages still mapped by this process would stay in the cache.
+        dataset.source = copy.copy(dataset.source)
+        dropped &= drop_page_cache(files)
+        resident.append(resident_frac(files))
+        cold.append(sequences_per_s(lambda i: dataset.source.load(names[i]), len(names)))
+    out["cold_resident_frac"] = max(resident)
+    out["load_cold_seq_per_s"] = float(np.median(cold))
+    out["load_cold_repeats"] = cold_repeats
     out["load_warm_seq_per_s"] = sequences_per_s(lambda i: dataset.source.load(names[i]), len(names))
+    dataset.source = copy.copy(dataset.source)
     dropped &= drop_page_cache(files)
     out["getitem_cold_seq_per_s"] = sequences_per_s(dataset.__getitem__, len(names))
     out["cache_drop_ok"] = dropped
     return out
 
 
-def data_figures(cfg: Config, root: Path, pack: Path) -> tuple[dict[str, Any], Any]:
+def data_figures(cfg: Config, root: Path, pack: Path, cold_repeats: int) -> tuple[dict[str, Any], Any]:
     """Per-file .npy versus the packed memmap over the same synthetic root; returns the
     figures and the packed training dataset (its first batch serves the training figures)."""
     from src.data.dataset import PoseDataset
@@ -394,7 +402,7 @@ def data_figures(cfg: Config, root: Path, pack: Path) -> tuple[dict[str, Any], A
         dataset = PoseDataset(dcfg, "train", train=True, seed=cfg.train.seed, names=names)
         if dataset.source.packed != (kind == "packed"):
             raise RuntimeError(f"bench: the {kind} source did not come up as {kind}")
-        data[kind] = loading_figures(dataset, files)
+        data[kind] = loading_figures(dataset, files, cold_repeats)
     per_file, packed = data["per_file"], data["packed"]
     figures = {
         "sequences": len(names),
@@ -455,7 +463,7 @@ def run_bench(cfg: Config, device: torch.device, settings: BenchSettings = FULL,
     report["export"] = export_figures(model, report["flops"], settings, device, default_threads)
     with tempfile.TemporaryDirectory(prefix="signstream-bench-", dir=workdir) as folder:
         root, pack = write_bench_root(Path(folder), settings.data_sequences)
-        report["data"], dataset = data_figures(cfg, root, pack)
+        report["data"], dataset = data_figures(cfg, root, pack, settings.data_cold_repeats)
         from src.data.dataset import collate
         size = cfg.train.batch_size if isinstance(cfg.train.batch_size, int) else 32  # "auto": the CPU default
         batch = collate([dataset[i] for i in range(min(size, len(dataset)))])

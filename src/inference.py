@@ -15,6 +15,7 @@ from src.config import Config
 from src.data import keypoints as kp
 from src.data.dataset import collate
 from src.data.pose import denormalise, to_rows
+from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer
 from src.train.checkpoint import config_from_checkpoint, load_checkpoint, load_model_state
 
@@ -35,7 +36,7 @@ class Tokenized:
     name: str
     codes: np.ndarray         # (C, S, levels) int
     residuals: np.ndarray     # (C, S, levels) norm left after each level / latent norm
-    recon: np.ndarray         # (C, L, P, 2) local units
+    recon: np.ndarray         # (C, L, P, 2) local units, stitched at chunk borders if cfg.stitch
     sample: dict              # the dataset sample (x, conf, frame_mask, centres, unit, num_frames)
 
 
@@ -56,12 +57,14 @@ def tokenize(model: SignTokenizer, samples: list[dict], device: str | torch.devi
     x, conf = batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask]
     with precision_context(device, precision):
         codes, residuals = model.quantizer.encode_with_residuals(model.encode_latent(x, conf))
-        recon = model.decode(model.decode_codes(codes))
+        recon = model.decode(model.decode_codes(codes)).float()
+        if model.cfg.stitch:
+            recon = stitch_chunks(recon, batch.chunk_mask)
     out, start = [], 0
     for sample, n in zip(samples, batch.chunk_mask.sum(1).tolist()):
         rows = slice(start, start + n)
         out.append(Tokenized(sample["name"], codes[rows].cpu().numpy(), residuals[rows].cpu().numpy(),
-                             recon[rows].float().cpu().numpy(), sample))
+                             recon[rows].cpu().numpy(), sample))
         start += n
     return out
 

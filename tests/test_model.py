@@ -13,6 +13,7 @@ from src.data.dataset import collate, make_sample
 from src.data.synth import synth_sequence
 from src.losses import compute_losses
 from src.models.quantizer import QuantizedResult
+from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer, TokenizerOutput
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: a second thread only adds contention
@@ -302,3 +303,41 @@ def test_velocity_term_is_zero_on_truth_and_grows_with_a_border_jump():
 
     with pytest.raises(ValueError, match="loss.temporal_mode"):
         compute_losses(out, target, conf, chunk_mask, LossConfig(temporal_mode="accel"), BETA)
+
+
+def _chunked_line(num_chunks: int, length: int, points: int = 3) -> torch.Tensor:
+    """A point moving on a straight line at constant speed, cut into (C, L, P, 2) chunks."""
+    t = torch.arange(num_chunks * length, dtype=torch.float32)
+    line = torch.stack([0.5 * t, -0.25 * t], -1)[:, None].expand(-1, points, 2)
+    return line.reshape(num_chunks, length, points, 2).clone()
+
+
+def test_stitching_leaves_a_smooth_sequence_unchanged():
+    chunks = _chunked_line(4, 10)
+    assert torch.allclose(stitch_chunks(chunks, torch.ones(1, 4, dtype=torch.bool)), chunks, atol=1e-5)
+
+
+def test_stitching_closes_border_gaps_and_keeps_chunk_middles():
+    truth = _chunked_line(4, 10)
+    offsets = torch.tensor([0.0, 3.0, -2.0, 5.0])[:, None, None, None]
+    stitched = stitch_chunks(truth + offsets, torch.ones(1, 4, dtype=torch.bool))
+    timeline = stitched.reshape(40, 3, 2)
+    steps = timeline[1:] - timeline[:-1]
+    border = torch.arange(10, 40, 10)
+    # Across each border the step is the line's own step again (the gap is gone) ...
+    assert torch.allclose(steps[border - 1], torch.tensor([0.5, -0.25]).expand(3, 3, 2), atol=1e-5)
+    # ... while a correction stays in the half chunk beside its border: the first chunk's
+    # first half and the last chunk's second half keep their decoded frames.
+    assert torch.equal(stitched[0, :5], (truth + offsets)[0, :5])
+    assert torch.equal(stitched[3, 5:], (truth + offsets)[3, 5:])
+    assert not torch.allclose(stitched[1, :5], (truth + offsets)[1, :5])
+
+
+def test_stitching_never_crosses_from_one_sequence_into_the_next():
+    # Two sequences of 2 and 1 chunks in one batch; their rows lie next to each other.
+    mask = torch.tensor([[True, True], [True, False]])
+    rows = _chunked_line(3, 10) + torch.tensor([0.0, 4.0, 50.0])[:, None, None, None]
+    stitched = stitch_chunks(rows, mask)
+    assert torch.equal(stitched[2], rows[2])                   # the lone chunk is untouched
+    assert not torch.allclose(stitched[1], rows[1])            # the pair's border was stitched
+    assert torch.equal(stitched[:2], stitch_chunks(rows[:2], mask[:1]))

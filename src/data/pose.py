@@ -30,9 +30,8 @@ def video_size(raw: np.ndarray, default: float = 512.0) -> tuple[float, float]:
 
 def observed_mask(raw: np.ndarray, conf_thresh: float) -> np.ndarray:
     """(T, 134) bool: finite coordinates and a finite score >= ``conf_thresh``."""
-    finite = np.isfinite(raw).all(axis=-1)
-    with np.errstate(invalid="ignore"):
-        conf = finite & (raw[..., 2] >= conf_thresh)
+    with np.errstate(invalid="ignore"):  # NaN scores compare False
+        conf = (raw[..., 2] >= conf_thresh) & np.isfinite(raw).all(axis=-1)
     conf[:, kp.SIZE_ROW] = False
     return conf
 
@@ -42,16 +41,25 @@ def fill_gaps(xy: np.ndarray, conf: np.ndarray) -> np.ndarray:
 
     Points before the first / after the last observation hold that observation; a keypoint
     never observed is 0. Only observed values are read, so NaN frames cannot leak.
+    Vectorised over keypoints: the previous and next observed frame of every point come
+    from a running max / min over time, and only the missing points are interpolated.
     """
-    out = np.zeros(xy.shape, dtype=np.float32)
-    t = np.arange(xy.shape[0])
-    for r in range(1, xy.shape[1]):
-        seen = conf[:, r]
-        if seen.all():
-            out[:, r] = xy[:, r]
-        elif seen.any():
-            for c in range(2):
-                out[:, r, c] = np.interp(t, t[seen], xy[seen, r, c])
+    num_frames, num_rows = conf.shape
+    out = np.where(conf[..., None], xy, 0).astype(np.float32)
+    t_miss, r_miss = np.nonzero(~conf)
+    if t_miss.size == 0:
+        return out
+    t = np.arange(num_frames)[:, None]
+    prev = np.maximum.accumulate(np.where(conf, t, -1), axis=0)[t_miss, r_miss]
+    nxt = np.minimum.accumulate(np.where(conf, t, num_frames)[::-1], axis=0)[::-1][t_miss, r_miss]
+    lo = np.where(prev < 0, nxt, prev)               # before the first: hold the first
+    hi = np.where(nxt >= num_frames, lo, nxt)        # after the last: hold the last
+    seen = lo < num_frames                           # False: the keypoint is never observed
+    t_miss, r_miss, lo, hi = t_miss[seen], r_miss[seen], lo[seen], hi[seen]
+    w = ((t_miss - lo) / np.maximum(hi - lo, 1))[:, None]
+    flat = out.reshape(-1, 2)
+    out[t_miss, r_miss] = (1 - w) * flat[lo * num_rows + r_miss] + w * flat[hi * num_rows + r_miss]
+    out[:, kp.SIZE_ROW] = 0
     return out
 
 
@@ -95,7 +103,7 @@ def clean(raw: np.ndarray, conf_thresh: float, source_fps: float = 30, fps: floa
     if raw.ndim != 3 or raw.shape[1:] != (kp.NUM_ROWS, 3):
         raise ValueError(f"pose array must be [T, {kp.NUM_ROWS}, 3], got {list(raw.shape)}")
     conf = observed_mask(raw, conf_thresh)
-    xy = fill_gaps(np.where(conf[..., None], raw[..., :2], 0), conf)
+    xy = fill_gaps(raw[..., :2], conf)
     if source_fps != fps:
         num_out = max(1, int(round(raw.shape[0] * fps / source_fps)))
         xy, conf = resample(xy, conf, num_out)
@@ -161,7 +169,11 @@ def _per_point_centres(centres: np.ndarray) -> np.ndarray:
 
 def normalise(xy: np.ndarray, centres: np.ndarray, unit: float) -> np.ndarray:
     """Pixels (T, 134, 2) -> stream-concatenated local coordinates (T, 254, 2) in units."""
-    return ((xy[:, kp.STREAM_ROWS] - _per_point_centres(centres)) / unit).astype(np.float32)
+    # take + in-place arithmetic: one fresh array instead of three (fresh pages are costly)
+    out = np.take(xy, kp.STREAM_ROWS, axis=1).astype(np.float32, copy=False)
+    out -= _per_point_centres(centres)
+    out /= np.float32(unit)
+    return out
 
 
 def denormalise(x: np.ndarray, centres: np.ndarray, unit: float) -> np.ndarray:

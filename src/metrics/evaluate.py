@@ -19,6 +19,7 @@ from src.losses import compute_losses, to_timeline
 from src.metrics.codebook import code_counts, usage_stats
 from src.metrics.recon import chunk_linear_oracle, chunk_mean_oracle, mpjpe_sums
 from src.metrics.temporal import adjacent_chunk_changes, boundary_jump_sums, frame_motion_sums, timeline_px
+from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer
 from src.tokens.rle import count_codes, count_tokens, rle_encode
 from src.tokens.sequence import codes_to_streams
@@ -57,19 +58,23 @@ class Evaluator:
         self.num_sequences += len(batch.names)
         for key, value in losses.items():
             self._add(f"loss/{key}", value.detach().float() * n, n)
-        units = chunk_units(batch)
-        self._add("mpjpe_px", *mpjpe_sums(out.recon.float(), x, conf, units))
+        units, chunkwise = chunk_units(batch), out.recon.float()
+        recon = stitch_chunks(chunkwise, cm) if self.cfg.model.stitch else chunkwise
+        self._add("mpjpe_px", *mpjpe_sums(recon, x, conf, units))
         self.counts += code_counts(out.vq.codes.cpu().numpy(), self.counts.shape[-1])
         if not self.full:
             return
+        self._add("mpjpe_chunkwise_px", *mpjpe_sums(chunkwise, x, conf, units))
         self._add("oracle_chunk_mean_px", *mpjpe_sums(chunk_mean_oracle(x, conf), x, conf, units))
         self._add("oracle_chunk_linear_px", *mpjpe_sums(chunk_linear_oracle(x, conf), x, conf, units))
-        rec, gt = timeline_px(out.recon.float(), cm, batch.unit), timeline_px(x, cm, batch.unit)
+        rec, gt = timeline_px(recon, cm, batch.unit), timeline_px(x, cm, batch.unit)
         mask, chunk_len = to_timeline(conf, cm), x.shape[1]
         self._add("motion_gt_px", *frame_motion_sums(gt, mask))
         self._add("motion_rec_px", *frame_motion_sums(rec, mask))
         self._add("jump_gt_px", *boundary_jump_sums(gt, mask, chunk_len))
         self._add("jump_rec_px", *boundary_jump_sums(rec, mask, chunk_len))
+        self._add("jump_rec_chunkwise_px",
+                  *boundary_jump_sums(timeline_px(chunkwise, cm, batch.unit), mask, chunk_len))
         self.changes["rec"].append(adjacent_chunk_changes(rec, mask, cm, chunk_len).cpu())
         self.changes["gt"].append(adjacent_chunk_changes(gt, mask, cm, chunk_len).cpu())
         codes, start = out.vq.codes.cpu().numpy(), 0
@@ -109,6 +114,7 @@ class Evaluator:
             "mpjpe_px": self._per_stream("mpjpe_px"),
         }
         if self.full:
+            out["mpjpe_chunkwise_px"] = self._per_stream("mpjpe_chunkwise_px")
             out["oracle_chunk_mean_px"] = self._per_stream("oracle_chunk_mean_px")
             out["oracle_chunk_linear_px"] = self._per_stream("oracle_chunk_linear_px")
             out["temporal"] = self._temporal()
@@ -119,14 +125,15 @@ class Evaluator:
         return out
 
     def _temporal(self) -> dict:
-        motion = self._mean("motion_gt_px")
-        jump = self._mean("jump_rec_px")
+        motion = self._mean("motion_gt_px").clamp_min(1e-9)
         result = {
             "motion_gt_px": self._per_stream("motion_gt_px"),
             "motion_rec_px": self._per_stream("motion_rec_px"),
             "jump_gt_px": self._per_stream("jump_gt_px"),
             "jump_rec_px": self._per_stream("jump_rec_px"),
-            "jump_ratio": dict(zip(kp.STREAM_NAMES, (jump / motion.clamp_min(1e-9)).tolist())),
+            "jump_ratio": dict(zip(kp.STREAM_NAMES, (self._mean("jump_rec_px") / motion).tolist())),
+            "jump_ratio_chunkwise": dict(zip(kp.STREAM_NAMES,
+                                             (self._mean("jump_rec_chunkwise_px") / motion).tolist())),
         }
         for which in ("rec", "gt"):
             rows = torch.cat(self.changes[which]) if self.changes[which] else torch.zeros(0, S)

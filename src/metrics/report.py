@@ -45,9 +45,11 @@ def table(report: dict) -> str:
     r = report["result"]
     rows = [("stream",) + kp.STREAM_NAMES,
             ("MPJPE px (model)",) + _cells(r["mpjpe_px"]),
+            ("  chunkwise, unstitched",) + _cells(r["mpjpe_chunkwise_px"]),
             ("oracle chunk mean",) + _cells(r["oracle_chunk_mean_px"]),
             ("oracle chunk line",) + _cells(r["oracle_chunk_linear_px"]),
             ("jump / GT motion",) + _cells(r["temporal"]["jump_ratio"]),
+            ("  chunkwise, unstitched",) + _cells(r["temporal"]["jump_ratio_chunkwise"]),
             ("chunk change rec p50",) + _cells({k: v["p50"] for k, v in r["temporal"]["chunk_change_rec_px"].items()}),
             ("chunk change GT p50",) + _cells({k: v["p50"] for k, v in r["temporal"]["chunk_change_gt_px"].items()})]
     for level in report["codebook"][kp.STREAM_NAMES[0]]:
