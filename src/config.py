@@ -74,7 +74,7 @@ class ModelConfig:
     type_dim: int = 32               # width of the concatenated stream embedding
     pool: str = "attention"          # attention | mean | flatten (frames side by side; decoder mirrors)
     latent_dim: int = 256
-    stitch: bool = True              # decode whole sequences with chunk borders stitched (src/models/stitch.py)
+    stitch: bool = True              # decode sequences with chunk borders stitched (src/models/stitch.py); losses score that
     stats_sequences: int = 1000      # training sequences read for the per-point mean/std standardisation
     rvq: RVQConfig = field(default_factory=RVQConfig)
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from src.config import LossConfig
 from src.data import keypoints as kp
+from src.models.stitch import stitch_chunks
 from src.models.tokenizer import TokenizerOutput
 
 def _stream_matrix() -> torch.Tensor:
@@ -88,17 +89,20 @@ def info_nce(z: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def compute_losses(out: TokenizerOutput, target: torch.Tensor, conf: torch.Tensor,
-                   chunk_mask: torch.Tensor, cfg: LossConfig, beta: float) -> dict[str, torch.Tensor]:
+                   chunk_mask: torch.Tensor, cfg: LossConfig, beta: float,
+                   stitch: bool = False) -> dict[str, torch.Tensor]:
     """All loss terms for valid-chunk rows; ``total`` is what gets back-propagated.
 
     target (N, L, P, 2), conf (N, L, P) observed points of real frames, chunk_mask (B, C)
-    with N = chunk_mask.sum() (rows in the order of ``chunk_mask``).
+    with N = chunk_mask.sum() (rows in the order of ``chunk_mask``). ``stitch``: score the
+    border-stitched sequence (``model.stitch``: what decoding outputs), not the raw chunks.
     """
     weights = torch.tensor([cfg.stream_weights[n] for n in kp.STREAM_NAMES], device=target.device)
     weights = weights / weights.sum()
-    recon = per_stream_mean(huber(out.recon, target, cfg.huber_delta), conf)
+    decoded = stitch_chunks(out.recon, chunk_mask) if stitch else out.recon
+    recon = per_stream_mean(huber(decoded, target, cfg.huber_delta), conf)
     if cfg.temporal_mode == "velocity":
-        temporal = temporal_velocity(out.recon, target, conf, chunk_mask, cfg.huber_delta)
+        temporal = temporal_velocity(decoded, target, conf, chunk_mask, cfg.huber_delta)
     elif cfg.temporal_mode == "latent":
         temporal = temporal_latent(out.z, chunk_mask)
     else:

@@ -305,6 +305,21 @@ def test_velocity_term_is_zero_on_truth_and_grows_with_a_border_jump():
         compute_losses(out, target, conf, chunk_mask, LossConfig(temporal_mode="accel"), BETA)
 
 
+def test_stitched_losses_score_the_stitched_sequence_and_reach_every_chunk():
+    target, conf, chunk_mask = loss_inputs()
+    out = fake_output(target)
+    out.recon = (target + 0.3 * torch.randn_like(target)).requires_grad_()
+    stitched = compute_losses(out, target, conf, chunk_mask, LossConfig(), BETA, stitch=True)
+    by_hand = fake_output(target)
+    by_hand.recon = stitch_chunks(out.recon, chunk_mask)
+    expected = compute_losses(by_hand, target, conf, chunk_mask, LossConfig(), BETA)
+    for term in ("recon", "temporal"):
+        torch.testing.assert_close(stitched[term], expected[term])
+    assert not torch.allclose(stitched["recon"], compute_losses(out, target, conf, chunk_mask, LossConfig(), BETA)["recon"])
+    stitched["total"].backward()
+    assert (out.recon.grad.flatten(1).abs().sum(1) > 0).all()
+
+
 def _chunked_line(num_chunks: int, length: int, points: int = 3) -> torch.Tensor:
     """A point moving on a straight line at constant speed, cut into (C, L, P, 2) chunks."""
     t = torch.arange(num_chunks * length, dtype=torch.float32)

@@ -187,7 +187,8 @@ def evaluate(model: SignTokenizer, loader, cfg: Config, device: torch.device, fu
             torch.cuda.synchronize(device)
         latencies.append(time.perf_counter() - start)
         with autocast(device, cfg):
-            losses = compute_losses(out, x, conf, batch.chunk_mask, cfg.loss, cfg.model.rvq.commitment_beta)
+            losses = compute_losses(out, x, conf, batch.chunk_mask, cfg.loss, cfg.model.rvq.commitment_beta,
+                                    cfg.model.stitch)
         ev.update(batch, out, losses)
     model.train(was_training)
     return ev, {"latencies_s": latencies}

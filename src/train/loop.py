@@ -87,7 +87,8 @@ def train_step(forward_model: torch.nn.Module, model: torch.nn.Module, optimizer
     device = x.device
     with autocast(device, cfg):
         out = forward_model(x, conf)
-        losses = compute_losses(out, x, conf, batch.chunk_mask, cfg.loss, cfg.model.rvq.commitment_beta)
+        losses = compute_losses(out, x, conf, batch.chunk_mask, cfg.loss, cfg.model.rvq.commitment_beta,
+                                cfg.model.stitch)
     if check is not None:
         check(losses)
     scaler.scale(losses["total"]).backward()
@@ -203,7 +204,7 @@ class Trainer:
         with autocast(self.device, self.cfg):
             out = probe(x, conf)
             loss = compute_losses(out, x, conf, torch.ones(bs, chunks, dtype=torch.bool, device=self.device),
-                                  self.cfg.loss, self.cfg.model.rvq.commitment_beta)["total"]
+                                  self.cfg.loss, self.cfg.model.rvq.commitment_beta, self.cfg.model.stitch)["total"]
         loss.backward()
         del probe, out, loss
 
