@@ -29,6 +29,7 @@ from src.config import Config, ModelConfig
 from src.inference import precision_context
 from src.metrics.report import peak_memory
 from src.data import keypoints as kp
+from src.models.layers import PoolGroups
 from src.models.tokenizer import SignTokenizer
 
 
@@ -152,15 +153,17 @@ def analytic_flops(cfg: ModelConfig, chunk_len: int) -> dict[str, float]:
 
     Per stream: input projection 2*(3K)*W_in*L; per layer qkv 2*L*W*3W, attention scores
     and weighted sum 2*2*L*L*W, output projection 2*L*W*W, MLP 2*2*L*W*(mlp_ratio*W);
-    output projection 2*W*latent. Quantizer: levels x 2*latent*codebook_size per stream.
-    Norms, softmax, GELU and the attention pooling's dot products are left out (< 1%).
+    output projection 2*W*latent (2*L*W*latent for a flatten-pooled stream). Quantizer:
+    levels x 2*latent*codebook_size per stream. Norms, softmax, GELU and the attention
+    pooling's dot products are left out (< 1%).
     """
     w, length, s = cfg.width, chunk_len, len(kp.STREAMS)
     in_width = w - cfg.type_dim if cfg.type_embedding == "concat" else w
     hidden = int(w * cfg.mlp_ratio)
     inputs = sum(2 * 3 * st.num_keypoints * in_width * length for st in kp.STREAMS)
     layer = 2 * length * w * 3 * w + 2 * 2 * length * length * w + 2 * length * w * w + 2 * 2 * length * w * hidden
-    encoder = inputs + s * (cfg.enc_layers * layer + 2 * w * cfg.latent_dim)
+    pooled = sum(len(idx) * w * (length if kind == "flatten" else 1) for kind, idx in PoolGroups(cfg.pool).groups)
+    encoder = inputs + s * cfg.enc_layers * layer + 2 * pooled * cfg.latent_dim
     quantizer = s * cfg.rvq.levels * 2 * cfg.latent_dim * cfg.rvq.codebook_size
     return {"encoder": float(encoder), "quantizer": float(quantizer)}
 

@@ -72,7 +72,8 @@ class ModelConfig:
     dropout: float = 0.0
     type_embedding: str = "add"      # add | concat
     type_dim: int = 32               # width of the concatenated stream embedding
-    pool: str = "attention"          # attention | mean | flatten (frames side by side; decoder mirrors)
+    pool: str | dict[str, str] = "attention"  # attention | mean | flatten (frames side by side; decoder
+    #                                  mirrors), or one per stream: {F: attention, LH: flatten, ...}
     latent_dim: int = 256
     stitch: bool = True              # decode sequences with chunk borders stitched (src/models/stitch.py); losses score that
     stats_sequences: int = 1000      # training sequences read for the per-point mean/std standardisation

@@ -101,17 +101,19 @@ def test_flop_count_matches_torch_counter(report):
     assert f["quantizer_mflop_per_chunk_counted"] == pytest.approx(f["quantizer_mflop_per_chunk"], rel=0.1)
 
 
-@pytest.mark.parametrize("type_embedding", ["add", "concat"])
-def test_flop_formula_on_the_default_model(type_embedding):
+@pytest.mark.parametrize("type_embedding, pool", [("add", "attention"), ("concat", "attention"),
+                                                   ("add", {"F": "attention", "LH": "flatten", "RH": "flatten",
+                                                            "B": "mean", "FB": "flatten"})])
+def test_flop_formula_on_the_default_model(type_embedding, pool):
     """The default width-256 model (not trained: FLOPs do not depend on the weights)."""
     from src.models.tokenizer import SignTokenizer
 
-    cfg = ModelConfig(type_embedding=type_embedding, rvq=RVQConfig())
+    cfg = ModelConfig(type_embedding=type_embedding, pool=pool, rvq=RVQConfig())
     model = SignTokenizer(cfg, 10).eval()
     analytic, counted = bench.analytic_flops(cfg, 10), bench.counted_flops(model, torch.device("cpu"))
     assert counted["encoder"] == pytest.approx(analytic["encoder"], rel=0.1)
     assert counted["quantizer"] == pytest.approx(analytic["quantizer"], rel=0.01)
-    if type_embedding == "add":  # 3.9M input projections + 2 x 5 x 15.8M layers + 0.7M output
+    if cfg == ModelConfig():  # 3.9M input projections + 2 x 5 x 15.8M layers + 0.7M output
         assert analytic["encoder"] == pytest.approx(162.87e6, rel=1e-3)
 
 

@@ -81,6 +81,7 @@ def test_yaml_save_load_round_trip(tmp_path):
         "data.augment.mirror=false", "data.augment.time_warp_max=0.35", "model.rvq.laplace_eps=1e-7",
         "model.rvq.distance=cosine", "loss.stream_weights.LH=2.5", "loss.stream_weights.FB=0",
         "train.batch_size=auto", "train.lr=1.5e-4", "experiment_name=no", "data.pack_dir=",
+        "model.pool={F: attention, LH: flatten, RH: flatten, B: attention, FB: mean}",
     ])
     path = tmp_path / "config.yaml"
     save_config(cfg, path)
@@ -89,6 +90,7 @@ def test_yaml_save_load_round_trip(tmp_path):
     assert again.loss.stream_weights == {"F": 1.0, "LH": 2.5, "RH": 1.0, "B": 1.0, "FB": 0.0}
     assert again.model.rvq.laplace_eps == 1e-7 and again.data.augment.mirror is False
     assert again.experiment_name == "no" and again.train.batch_size == "auto" and again.data.pack_dir == ""
+    assert again.model.pool == {"F": "attention", "LH": "flatten", "RH": "flatten", "B": "attention", "FB": "mean"}
     assert not list(tmp_path.glob("*.tmp"))  # written atomically, no temp file left
     assert from_dict(to_dict(cfg)) == cfg
 

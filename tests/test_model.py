@@ -53,12 +53,15 @@ def stream_index(name: str) -> int:
 
 # ---------------------------------------------------------------- shapes and gradients
 
+MIXED_POOL = {"F": "attention", "LH": "flatten", "RH": "flatten", "B": "mean", "FB": "attention"}
 
-@pytest.mark.parametrize("only_recon", [False, True])
-def test_forward_backward_shapes_and_every_parameter_gets_a_gradient(only_recon):
+
+
+@pytest.mark.parametrize("only_recon, pool", [(False, "attention"), (True, "attention"), (False, MIXED_POOL)])
+def test_forward_backward_shapes_and_every_parameter_gets_a_gradient(only_recon, pool):
     """With the reconstruction terms alone the encoder still learns: the straight-through
     path carries the decoder's gradient across the quantiser."""
-    model = make_model()
+    model = make_model(pool=pool)
     x, observed = inputs()
     out = model.train()(x, observed)
     assert out.recon.shape == (6, L, P, 2)
@@ -80,7 +83,7 @@ def test_forward_backward_shapes_and_every_parameter_gets_a_gradient(only_recon)
 
 
 @pytest.mark.parametrize("type_embedding", ["add", "concat"])
-@pytest.mark.parametrize("pool", ["attention", "mean", "flatten"])
+@pytest.mark.parametrize("pool", ["attention", "mean", "flatten", MIXED_POOL])
 def test_type_embedding_and_pool_options(type_embedding, pool):
     model = make_model(type_embedding=type_embedding, pool=pool)
     x, observed = inputs(3)
@@ -89,7 +92,8 @@ def test_type_embedding_and_pool_options(type_embedding, pool):
     assert out.vq.codes.shape == (3, S, LEVELS)
 
 
-@pytest.mark.parametrize("option, value", [("type_embedding", "sum"), ("pool", "max")])
+@pytest.mark.parametrize("option, value", [("type_embedding", "sum"), ("pool", "max"),
+                                           ("pool", {**MIXED_POOL, "B": "max"}), ("pool", {"LH": "flatten"})])
 def test_invalid_model_option_raises_naming_it(option, value):
     with pytest.raises(ValueError, match=f"model.{option}"):
         make_model(**{option: value})
@@ -134,9 +138,10 @@ def test_chunks_are_independent():
     assert torch.equal(a.recon[others], b.recon[others])
 
 
-def test_each_stream_latent_sees_only_its_own_points():
+@pytest.mark.parametrize("pool", ["attention", MIXED_POOL])
+def test_each_stream_latent_sees_only_its_own_points(pool):
     x, observed = inputs()
-    model = initialised(make_model(), x, observed)
+    model = initialised(make_model(pool=pool), x, observed)
     left_hand = torch.zeros(P, dtype=torch.bool)  # the signer's left hand, in every stream holding it
     for s in kp.STREAMS:
         for i, row in enumerate(s.rows):
@@ -150,6 +155,21 @@ def test_each_stream_latent_sees_only_its_own_points():
     for name in kp.STREAM_NAMES:
         same = torch.equal(a[:, stream_index(name)], b[:, stream_index(name)])
         assert same == (name not in ("LH", "FB")), name
+
+
+@pytest.mark.parametrize("pool", ["flatten", MIXED_POOL])
+def test_each_streams_decoded_points_come_from_its_own_latent_only(pool):
+    model = make_model(pool=pool).eval()
+    z = torch.randn(3, S, D)
+    with torch.no_grad():
+        base = model.decode(z)
+        for i, name in enumerate(kp.STREAM_NAMES):
+            changed = z.clone()
+            changed[:, i] += 1.0
+            moved = (model.decode(changed) != base).any(-1).any(1).any(0)  # (P,) points that changed
+            own = torch.zeros(P, dtype=torch.bool)
+            own[kp.STREAM_SLICES[name]] = True
+            assert torch.equal(moved, own), name
 
 
 # ---------------------------------------------------------------- standardisation

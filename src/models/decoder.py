@@ -6,7 +6,7 @@ from torch import nn
 
 from src.config import ModelConfig
 from src.data import keypoints as kp
-from src.models.layers import StreamFrameEmbedding, Transformer
+from src.models.layers import PoolGroups, StreamFrameEmbedding, Transformer
 
 
 class ChunkDecoder(nn.Module):
@@ -18,20 +18,22 @@ class ChunkDecoder(nn.Module):
         self.embed = StreamFrameEmbedding(cfg, len(kp.STREAMS), chunk_len)
         # Mirror of the encoder's pooling: flatten un-flattens the latent into L distinct
         # frame tokens; the other poolings give every frame query the same latent.
-        self.unflatten = cfg.pool == "flatten"
-        self.inp = nn.Linear(cfg.latent_dim, self.embed.in_width * (chunk_len if self.unflatten else 1))
+        self.pools = PoolGroups(cfg.pool)
+        self.inp = nn.ModuleDict({
+            kind: nn.Linear(cfg.latent_dim, self.embed.in_width * (chunk_len if kind == "flatten" else 1))
+            for kind in self.pools.kinds})
         self.transformer = Transformer(cfg, cfg.dec_layers)
         self.heads = nn.ModuleDict({s.name: nn.Linear(cfg.width, 2 * s.num_keypoints) for s in kp.STREAMS})
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z (N, S, latent_dim) -> poses (N, L, P, 2), standardised like the encoder input."""
         n, s, _ = z.shape
-        h = self.inp(z)
-        if self.unflatten:
-            h = h.view(n, s, self.chunk_len, -1)                          # (N, S, L, in_width)
-        else:
-            h = h[:, :, None, :].expand(n, s, self.chunk_len, -1)         # same latent for every frame query
-        h = self.embed(h)
+        parts = []
+        for kind, zg in zip(self.pools.kinds, self.pools.split(z)):
+            h = self.inp[kind](zg)
+            parts.append(h.view(n, zg.shape[1], self.chunk_len, -1) if kind == "flatten"  # L distinct tokens
+                         else h[:, :, None, :].expand(-1, -1, self.chunk_len, -1))        # the same for every frame
+        h = self.embed(self.pools.join(parts))                                             # (N, S, L, in_width)
         h = self.transformer(h.reshape(n * s, self.chunk_len, -1)).view(n, s, self.chunk_len, -1)
         parts = [self.heads[name](h[:, i]).view(n, self.chunk_len, -1, 2)
                  for i, name in enumerate(kp.STREAM_SLICES)]

@@ -6,9 +6,7 @@ from torch import nn
 
 from src.config import ModelConfig
 from src.data import keypoints as kp
-from src.models.layers import StreamFrameEmbedding, Transformer
-
-POOLS = ("attention", "mean", "flatten")
+from src.models.layers import PoolGroups, StreamFrameEmbedding, Transformer
 
 
 class ChunkEncoder(nn.Module):
@@ -19,18 +17,17 @@ class ChunkEncoder(nn.Module):
 
     def __init__(self, cfg: ModelConfig, chunk_len: int):
         super().__init__()
-        if cfg.pool not in POOLS:
-            raise ValueError(f"model.pool must be one of {', '.join(POOLS)}, got {cfg.pool!r}")
-        self.pool = cfg.pool
+        self.pools = PoolGroups(cfg.pool)
         self.embed = StreamFrameEmbedding(cfg, len(kp.STREAMS), chunk_len)
         # Each point gives (x, y, observed): the flag tells filled-in points from seen ones.
         self.inputs = nn.ModuleDict(
             {s.name: nn.Linear(3 * s.num_keypoints, self.embed.in_width) for s in kp.STREAMS})
         self.transformer = Transformer(cfg, cfg.enc_layers)
-        self.query = nn.Parameter(torch.randn(cfg.width) * 0.02) if cfg.pool == "attention" else None
+        self.query = nn.Parameter(torch.randn(cfg.width) * 0.02) if "attention" in self.pools.kinds else None
         # flatten: the L frame tokens side by side, so no frame's detail is averaged away.
-        pooled_width = cfg.width * chunk_len if cfg.pool == "flatten" else cfg.width
-        self.out = nn.Linear(pooled_width, cfg.latent_dim)
+        self.out = nn.ModuleDict({
+            kind: nn.Linear(cfg.width * (chunk_len if kind == "flatten" else 1), cfg.latent_dim)
+            for kind in self.pools.kinds})
 
     def forward(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
         """x (N, L, P, 2) standardised coordinates, observed (N, L, P) bool -> z (N, S, latent_dim)."""
@@ -40,12 +37,15 @@ class ChunkEncoder(nn.Module):
                          for name, sl in kp.STREAM_SLICES.items()], dim=1)  # (N, S, L, in_width)
         h = self.embed(h)
         s, width = h.shape[1], h.shape[-1]
-        h = self.transformer(h.reshape(n * s, length, width))  # (N*S, L, W)
-        if self.pool == "flatten":
-            pooled = h.flatten(1)                                          # (N*S, L*W)
-        elif self.pool == "mean":
-            pooled = h.mean(dim=1)
-        else:
-            weights = torch.softmax(h @ self.query / width ** 0.5, dim=1)  # (N*S, L)
-            pooled = (weights[..., None] * h).sum(dim=1)
-        return self.out(pooled).view(n, s, -1)
+        h = self.transformer(h.reshape(n * s, length, width)).view(n, s, length, width)
+        return self.pools.join([self.out[kind](self._pool(kind, g))
+                                for kind, g in zip(self.pools.kinds, self.pools.split(h))])
+
+    def _pool(self, kind: str, h: torch.Tensor) -> torch.Tensor:
+        """(N, S_group, L, W) -> (N, S_group, W), or (N, S_group, L*W) for flatten."""
+        if kind == "flatten":
+            return h.flatten(2)
+        if kind == "mean":
+            return h.mean(dim=2)
+        weights = torch.softmax(h @ self.query / h.shape[-1] ** 0.5, dim=2)  # (N, S_group, L)
+        return (weights[..., None] * h).sum(dim=2)

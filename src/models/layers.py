@@ -6,6 +6,46 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.config import ModelConfig
+from src.data import keypoints as kp
+
+
+POOLS = ("attention", "mean", "flatten")
+
+
+class PoolGroups:
+    """Streams grouped by their chunk pooling (``model.pool``: one name, or one per stream).
+
+    ``groups`` lists (pool, stream indices) in a fixed order; ``order`` puts the streams of
+    the groups, concatenated, back into stream order (None when there is one group).
+    """
+
+    def __init__(self, pool: str | dict[str, str]):
+        names = [s.name for s in kp.STREAMS]
+        if isinstance(pool, str):
+            pools = {name: pool for name in names}
+        elif set(pool) != set(names):
+            raise ValueError(f"model.pool as a mapping must name every stream ({', '.join(names)}), "
+                             f"got {', '.join(pool) or 'none'}")
+        else:
+            pools = pool
+        bad = sorted({p for p in pools.values() if p not in POOLS})
+        if bad:
+            raise ValueError(f"model.pool must be one of {', '.join(POOLS)}, got {bad[0]!r}")
+        self.groups = [(p, [i for i, n in enumerate(names) if pools[n] == p]) for p in POOLS if p in pools.values()]
+        concatenated = [i for _, idx in self.groups for i in idx]
+        self.order = None if len(self.groups) == 1 else [concatenated.index(i) for i in range(len(names))]
+
+    @property
+    def kinds(self) -> list[str]:
+        return [p for p, _ in self.groups]
+
+    def split(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(N, S, ...) -> one (N, S_group, ...) tensor per group (x itself for a single group)."""
+        return [x] if self.order is None else [x[:, idx] for _, idx in self.groups]
+
+    def join(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The inverse of :meth:`split`: per-group tensors -> (N, S, ...) in stream order."""
+        return parts[0] if self.order is None else torch.cat(parts, dim=1)[:, self.order]
 
 
 class Block(nn.Module):

@@ -51,6 +51,12 @@ def setup(device_name: str = "auto") -> DistInfo:
     return DistInfo(rank, local_rank, world_size, device)
 
 
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
