@@ -45,7 +45,7 @@ def fill_gaps(xy: np.ndarray, conf: np.ndarray) -> np.ndarray:
     from a running max / min over time, and only the missing points are interpolated.
     """
     num_frames, num_rows = conf.shape
-    out = np.where(conf[..., None], xy, 0).astype(np.float32)
+    out = np.where(conf[..., None], xy, 0).astype(np.float32, copy=False)
     t_miss, r_miss = np.nonzero(~conf)
     if t_miss.size == 0:
         return out
