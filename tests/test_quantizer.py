@@ -398,6 +398,17 @@ def test_sq_distances_matches_cdist():
     assert torch.equal(sq_distances(x, e).argmin(-1), torch.cdist(x, e).argmin(-1))
 
 
+@pytest.mark.parametrize("rows", [1, 3, 300])
+def test_codebook_encode_picks_the_nearest_code_of_its_own_group(rows):
+    """encode forms the distances code-major; one row (a streaming chunk) and many rows both
+    give each group's nearest code under cdist."""
+    g = torch.Generator().manual_seed(rows)
+    cb = Codebook(16, rvq_cfg(codebook_size=64, init="random"), groups=3).eval()
+    x = torch.randn(3, rows, 16, generator=g)
+    expected = torch.stack([torch.cdist(x[i], cb.embed[i]).argmin(-1) for i in range(3)])
+    assert torch.equal(cb.encode(x), expected)
+
+
 # ---------------------------------------------------------------- quantizer dropout
 
 

