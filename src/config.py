@@ -60,6 +60,13 @@ class RVQConfig:
     kmeans_iters: int = 10
     usage_temperature: float = 0.1   # soft assignment temperature, in units of each row's distance std
     quantizer_dropout: float = 0.0   # probability that a sample trains with a random number of levels
+    splits: int = 1                  # parts of each stream's latent with codebooks of their own; a chunk
+    #                                  then has levels x splits codes per stream (level-major order)
+
+    @property
+    def codes_per_stream(self) -> int:
+        """Codes per chunk and stream: ``levels`` residual levels of ``splits`` parts each."""
+        return self.levels * self.splits
 
 
 @dataclass

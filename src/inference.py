@@ -34,7 +34,7 @@ class Tokenized:
     """One sequence through the tokenizer. C chunks, L frames, P = 254 stream points."""
 
     name: str
-    codes: np.ndarray         # (C, S, levels) int
+    codes: np.ndarray         # (C, S, codes per stream) int
     residuals: np.ndarray     # (C, S, levels) norm left after each level / latent norm
     recon: np.ndarray         # (C, L, P, 2) local units, stitched at chunk borders if cfg.stitch
     sample: dict              # the dataset sample (x, conf, frame_mask, centres, unit, num_frames)

@@ -126,20 +126,50 @@ def test_codes_in_range_with_shapes():
         assert int(codes.min()) >= 0 and int(codes.max()) < k
 
 
-def test_reconstruction_error_falls_as_levels_are_added():
+@pytest.mark.parametrize("splits", [1, 2])
+def test_reconstruction_error_falls_as_levels_are_added(splits):
     levels = 4
-    z = one(torch.randn(256, 8))
-    rq = fit(make_rq(levels=levels), z, 20).eval()
-    codes, rel = rq.encode_with_residuals(z)
+    torch.manual_seed(0)
+    z = torch.randn(256, S, 8)
+    ms = fit(MultiStreamRVQ(8, rvq_cfg(levels=levels, splits=splits)), z, 20).eval()
+    codes, rel = ms.encode_with_residuals(z)
+    assert codes.shape == (256, S, levels * splits) and rel.shape == (256, S, levels)
     errors = [z.norm(dim=-1).mean()]
     for k in range(1, levels + 1):
-        left = (z - rq.decode(codes[..., :k])).norm(dim=-1)
+        left = (z - ms.decode(codes[..., :k * splits])).norm(dim=-1)
         errors.append(left.mean())
         # The residual norms reported for adaptive depth are these very residuals.
         torch.testing.assert_close(rel[..., k - 1], left / z.norm(dim=-1), rtol=1e-4, atol=1e-5)
     errors = torch.stack(errors)
     assert (errors[1:] <= errors[:-1]).all(), errors
     assert errors[-1] < 0.75 * errors[1], errors  # each extra level really helps overall
+
+
+def test_splits_quantise_each_part_with_its_own_codebooks():
+    """splits=2: the latent's halves are two independent residual quantisers; codes are
+    level-major (level 0 of both parts first) and decode sums each part's first k levels."""
+    torch.manual_seed(0)
+    ms = fit(MultiStreamRVQ(8, rvq_cfg(levels=2, splits=2)), torch.randn(64, S, 8) * 2, 3).eval()
+    z = torch.randn(10, S, 8) * 2
+    codes, res = ms.encode(z), ms(z)
+    assert codes.shape == (10, S, 4) and torch.equal(codes, res.codes)
+    assert torch.equal(ms.decode(codes), res.quantized)
+    for s, name in enumerate(kp.STREAM_NAMES):
+        for part in range(2):
+            x = z[:, s, 4 * part:4 * part + 4]
+            expected, residual = torch.zeros_like(x), x
+            for level in range(2):
+                embed = ms.codebook(name, level * 2 + part)["embed"]
+                c = torch.cdist(residual, embed).argmin(-1)
+                assert torch.equal(codes[:, s, level * 2 + part], c)
+                expected, residual = expected + embed[c], residual - embed[c]
+            torch.testing.assert_close(ms.decode(codes[..., :2])[:, s, 4 * part:4 * part + 4],
+                                       ms.codebook(name, part)["embed"][codes[:, s, part]])
+            torch.testing.assert_close(res.quantized[:, s, 4 * part:4 * part + 4], expected)
+    with pytest.raises(ValueError, match="whole levels"):
+        ms.decode(codes[..., :3])
+    with pytest.raises(ValueError, match="divide model.latent_dim"):
+        MultiStreamRVQ(8, rvq_cfg(splits=3))
 
 
 # ---------------------------------------------------------------- EMA

@@ -25,6 +25,18 @@ def usage_stats(counts: np.ndarray, unused_steps: np.ndarray | None = None,
             "entropy": entropy, "perplexity": float(np.exp(entropy)), "dead": dead}
 
 
+def code_label(index: int, splits: int = 1) -> str:
+    """Name of a stream's code ``index`` per chunk: ``l<level>``, or ``l<level>p<part>``
+    when the latent is split (codes are level-major)."""
+    level, part = divmod(index, splits)
+    return f"l{level}" if splits == 1 else f"l{level}p{part}"
+
+
+def first_level(health: dict[str, dict]) -> list[dict]:
+    """One stream's health entries of its level-0 codebooks (one per part)."""
+    return [stats for label, stats in health.items() if label.split("p")[0] == "l0"]
+
+
 def code_counts(codes: np.ndarray, codebook_size: int) -> np.ndarray:
     """codes (N, S, levels) -> counts (S, levels, K)."""
     n, s, levels = codes.shape

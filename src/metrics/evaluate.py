@@ -16,7 +16,7 @@ from src.config import Config
 from src.data import keypoints as kp
 from src.data.dataset import Batch
 from src.losses import compute_losses, to_timeline
-from src.metrics.codebook import code_counts, usage_stats
+from src.metrics.codebook import code_counts, code_label, usage_stats
 from src.metrics.recon import chunk_linear_oracle, chunk_mean_oracle, mpjpe_sums
 from src.metrics.temporal import adjacent_chunk_changes, boundary_jump_sums, frame_motion_sums, timeline_px
 from src.models.stitch import stitch_chunks
@@ -39,7 +39,7 @@ class Evaluator:
     def __init__(self, cfg: Config, full: bool = False):
         self.cfg, self.full = cfg, full
         self.sums: dict[str, torch.Tensor] = {}
-        self.counts = np.zeros((S, cfg.model.rvq.levels, cfg.model.rvq.codebook_size), dtype=np.int64)
+        self.counts = np.zeros((S, cfg.model.rvq.codes_per_stream, cfg.model.rvq.codebook_size), dtype=np.int64)
         self.changes: dict[str, list[torch.Tensor]] = {"rec": [], "gt": []}
         self.num_chunks = 0
         self.num_sequences = 0
@@ -142,16 +142,18 @@ class Evaluator:
         return result
 
     def codebook_health(self, model: SignTokenizer | None = None) -> dict:
-        """Per stream and level: usage, perplexity, entropy, dead fraction (training state if a model is given)."""
+        """Per stream and codebook (``code_label``): usage, perplexity, entropy, dead fraction
+        (training state if a model is given)."""
         health = {}
         for s, name in enumerate(kp.STREAM_NAMES):
             health[name] = {}
-            for level in range(self.counts.shape[1]):
+            for j in range(self.counts.shape[1]):
                 unused = dead_after = None
                 if model is not None:
-                    cb = model.quantizer.codebook(name, level)
+                    cb = model.quantizer.codebook(name, j)
                     unused, dead_after = cb["unused_steps"].cpu().numpy(), cb["dead_after"]
-                health[name][f"l{level}"] = usage_stats(self.counts[s, level], unused, dead_after)
+                label = code_label(j, self.cfg.model.rvq.splits)
+                health[name][label] = usage_stats(self.counts[s, j], unused, dead_after)
         return health
 
 

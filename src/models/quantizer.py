@@ -113,8 +113,8 @@ class Codebook(nn.Module):
 
         The distances are formed code-major, (G, K, N) = embed @ x^T: for a few rows (one
         streaming chunk) BLAS then streams the codebook once as a matrix-vector product,
-        where x @ embed^T first repacks the whole codebook (2x faster per level when the
-        codebook is not in cache; ~1% slower in all of export at a batch of 2048).
+        where x @ embed^T first repacks the whole codebook: 2x faster per level when the
+        codebook is not in cache, for 1% fewer chunks/s in export at a batch of 1024.
         """
         norms = self._embed_norms()[:, :, None]
         return torch.baddbmm(norms, self.embed, x.transpose(1, 2), alpha=-2).argmin(1)
@@ -268,25 +268,11 @@ class ResidualQuantizer(nn.Module):
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z (G, N, D) -> codes (G, N, levels); the export and streaming path."""
-        return self.encode_with_residuals(z, norms=False)[0]
-
-    @torch.no_grad()
-    def encode_with_residuals(self, z: torch.Tensor, norms: bool = True
-                              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Codes (G, N, levels) and, if ``norms``, the norm left after each level relative to
-        the input's (G, N, levels)."""
-        x = self._prepare(z)
-        scale = x.norm(dim=-1).clamp_min(1e-8) if norms else None
-        residual, out, codes, left = x, torch.zeros_like(x), [], []
+        residual, codes = self._prepare(z), []
         for level in self.levels:
-            c = level.encode(residual)
-            q = level.decode(c)
-            residual, out = residual - q, out + q
-            codes.append(c)
-            if norms:
-                # From the decoded sum, so it is exactly the error of decode(codes[..., :k]).
-                left.append((x - out).norm(dim=-1) / scale)
-        return torch.stack(codes, -1), torch.stack(left, -1) if norms else None
+            codes.append(level.encode(residual))
+            residual = residual - level.decode(codes[-1])
+        return torch.stack(codes, -1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (G, N, levels) -> (G, N, D), summing codewords in level order as the forward does."""
@@ -298,42 +284,79 @@ class ResidualQuantizer(nn.Module):
 
 
 class MultiStreamRVQ(nn.Module):
-    """A residual quantiser whose groups are the five streams (own codebooks, own id space)."""
+    """A residual quantiser whose groups are the five streams (own codebooks, own id space).
+
+    With ``splits`` > 1 each stream's latent is cut into that many parts, each quantised by
+    codebooks of its own (a product of residual quantisers): group ``s * splits + p`` holds
+    part p of stream s. A stream's codes are level-major, code ``level * splits + p``, so the
+    first ``k * splits`` codes are the first k levels of every part.
+    """
 
     def __init__(self, dim: int, cfg: RVQConfig):
         super().__init__()
-        self.num_levels, self.codebook_size = cfg.levels, cfg.codebook_size
-        self.rvq = ResidualQuantizer(dim, cfg, groups=len(kp.STREAMS))
+        if cfg.splits < 1 or dim % cfg.splits:
+            raise ValueError(f"model.rvq.splits must be >= 1 and divide model.latent_dim={dim}, got {cfg.splits}")
+        self.num_levels, self.codebook_size, self.splits = cfg.levels, cfg.codebook_size, cfg.splits
+        self.codes_per_stream = cfg.codes_per_stream
+        self.rvq = ResidualQuantizer(dim // cfg.splits, cfg, groups=len(kp.STREAMS) * cfg.splits)
 
-    def codebook(self, stream: str, level: int) -> dict[str, torch.Tensor]:
-        """One stream's buffers at one level (views), e.g. for health reports."""
-        s = kp.STREAM_NAMES.index(stream)
+    def codebook(self, stream: str, code: int) -> dict[str, torch.Tensor]:
+        """The buffers (views) behind one of a stream's codes per chunk, e.g. for health reports."""
+        level, part = divmod(code, self.splits)
+        g = kp.STREAM_NAMES.index(stream) * self.splits + part
         cb = self.rvq.levels[level]
-        return {"embed": cb.embed[s], "cluster_size": cb.cluster_size[s], "unused_steps": cb.unused_steps[s],
+        return {"embed": cb.embed[g], "cluster_size": cb.cluster_size[g], "unused_steps": cb.unused_steps[g],
                 "dead_after": cb.dead_after}
 
+    def _groups(self, z: torch.Tensor) -> torch.Tensor:
+        """(N, S, D) -> (S * splits, N, D / splits) fp32."""
+        n, s, d = z.shape
+        return z.float().reshape(n, s * self.splits, d // self.splits).transpose(0, 1).contiguous()
+
+    def _streams(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`_groups`: (S * splits, N, D / splits) -> (N, S, D)."""
+        g, n, d = x.shape
+        return x.transpose(0, 1).reshape(n, g // self.splits, d * self.splits)
+
+    def _stream_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """(S * splits, N, levels) -> (N, S, levels * splits), level-major."""
+        g, n, levels = codes.shape
+        return codes.view(g // self.splits, self.splits, n, levels).permute(2, 0, 3, 1).reshape(n, -1, levels * self.splits)
+
     def forward(self, z: torch.Tensor, num_active: torch.Tensor | None = None) -> QuantizedResult:
-        """z (N, S, D) -> quantized (N, S, D), codes (N, S, levels), per-stream losses (S,).
+        """z (N, S, D) -> quantized (N, S, D), codes (N, S, codes_per_stream), per-stream losses (S,).
 
         Always fp32, also under autocast: bf16 distances would pick wrong nearest codes.
         """
         with torch.autocast(z.device.type, enabled=False):
-            r = self.rvq(z.float().transpose(0, 1).contiguous(), num_active)
-        return QuantizedResult(r.quantized.transpose(0, 1), r.codes.transpose(0, 1), r.commit_loss, r.usage_loss)
+            r = self.rvq(self._groups(z), num_active)
+        per_stream = (lambda t: t.view(-1, self.splits).mean(1))
+        return QuantizedResult(self._streams(r.quantized), self._stream_codes(r.codes),
+                               per_stream(r.commit_loss), per_stream(r.usage_loss))
 
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
-        """z (N, S, D) -> codes (N, S, levels)."""
+        """z (N, S, D) -> codes (N, S, codes_per_stream)."""
         with torch.autocast(z.device.type, enabled=False):
-            return self.rvq.encode(z.float().transpose(0, 1).contiguous()).transpose(0, 1)
+            return self._stream_codes(self.rvq.encode(self._groups(z)))
 
     @torch.no_grad()
     def encode_with_residuals(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes (N, S, levels) and the relative residual norm after each level (N, S, levels)."""
+        """Codes (N, S, codes_per_stream) and the norm of the stream's latent left after each
+        level, relative to the latent's (N, S, levels): the exact error of decoding the first
+        k levels, as adaptive depth uses them."""
+        codes = self.encode(z)
         with torch.autocast(z.device.type, enabled=False):
-            codes, norms = self.rvq.encode_with_residuals(z.float().transpose(0, 1).contiguous())
-        return codes.transpose(0, 1), norms.transpose(0, 1)
+            x = self._streams(self.rvq._prepare(self._groups(z)))
+        scale = x.norm(dim=-1).clamp_min(1e-8)
+        left = [(x - self.decode(codes[..., :k * self.splits])).norm(dim=-1) / scale
+                for k in range(1, self.num_levels + 1)]
+        return codes, torch.stack(left, -1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (N, S, levels) -> (N, S, D)."""
-        return self.rvq.decode(codes.transpose(0, 1)).transpose(0, 1)
+        """codes (N, S, k * splits) -> (N, S, D): the first k levels of every part."""
+        n, s, m = codes.shape
+        if m % self.splits:
+            raise ValueError(f"decode needs whole levels: {m} codes per stream, {self.splits} parts per level")
+        groups = codes.reshape(n, s, m // self.splits, self.splits).permute(1, 3, 0, 2).reshape(s * self.splits, n, -1)
+        return self._streams(self.rvq.decode(groups))

@@ -70,7 +70,8 @@ def export_config(cfg: Config, config_path: str | None = None, overrides: list[s
 
 def token_settings(cfg: Config) -> TokenSettings:
     """How this config's codes become tokens."""
-    return TokenSettings(cfg.data.fps, cfg.data.chunk_len, cfg.model.rvq.codebook_size, cfg.model.rvq.levels,
+    return TokenSettings(cfg.data.fps, cfg.data.chunk_len, cfg.model.rvq.codebook_size,
+                         cfg.model.rvq.codes_per_stream,
                          cfg.export.enable_rle, cfg.export.max_run, cfg.export.max_chunks)
 
 
@@ -79,7 +80,7 @@ class ExportStats:
     """Token counts over the exported sequences (time tokens not counted)."""
 
     split: str
-    levels: int
+    codes_per_stream: int          # per chunk, when no level is dropped
     rle: str                       # "lossless", "thresholded <x>" or "off"
     adaptive_depth: str            # "off" or "threshold <x>"
     attempted: int = 0
@@ -117,7 +118,7 @@ class ExportStats:
             f"({self.success_rate:.1%}), {self.chunks} chunks",
             f"tokens per chunk: {self.per_chunk(self.codes):.2f} before RLE, {self.per_chunk(self.tokens):.2f} "
             f"after (compression {self.compression:.1%}, {ratio}; RLE {self.rle})",
-            f"codes per chunk: {self.per_chunk(self.codes):.2f} of {self.levels * len(STREAM_NAMES)} "
+            f"codes per chunk: {self.per_chunk(self.codes):.2f} of {self.codes_per_stream * len(STREAM_NAMES)} "
             f"(per stream: {streams}; adaptive depth {self.adaptive_depth})",
         ]
 
@@ -137,12 +138,14 @@ def _new_stats(cfg: Config, split: str) -> ExportStats:
     ex = cfg.export
     rle = "off" if not ex.enable_rle else f"thresholded {ex.rle_threshold:g}" if ex.rle_threshold > 0 else "lossless"
     depth = f"threshold {ex.depth_threshold:g}" if ex.adaptive_depth else "off"
-    return ExportStats(split, cfg.model.rvq.levels, rle, depth)
+    return ExportStats(split, cfg.model.rvq.codes_per_stream, rle, depth)
 
 
 def _meta(cfg: Config, split: str, checkpoint: str) -> dict:
     ex = cfg.export
-    return {"checkpoint": checkpoint, "split": split, "adaptive_depth": ex.adaptive_depth,
+    # With split latents a stream's codes per chunk are level-major: code j is level
+    # j // splits of part j % splits (num_levels counts codes, not levels).
+    return {"checkpoint": checkpoint, "split": split, "splits": cfg.model.rvq.splits, "adaptive_depth": ex.adaptive_depth,
             "depth_threshold": ex.depth_threshold if ex.adaptive_depth else None,
             "rle_threshold": ex.rle_threshold, "max_run": ex.max_run, "precision": ex.precision}
 
@@ -151,9 +154,9 @@ def tokenized_record(tok: Tokenized, cfg: Config, meta: dict, text: str | None =
                      ) -> tuple[dict, dict[str, int], np.ndarray]:
     """One tokenized sequence -> its validated record, token counts and depths (C, S)."""
     ex, settings = cfg.export, token_settings(cfg)
-    levels = tok.codes.shape[-1]
-    depths = (adaptive_depths(tok.residuals, ex.depth_threshold) if ex.adaptive_depth
-              else np.full(tok.codes.shape[:2], levels, dtype=np.int64))
+    # Depths count codes: adaptive depth keeps whole levels, i.e. splits codes per level.
+    depths = (adaptive_depths(tok.residuals, ex.depth_threshold) * cfg.model.rvq.splits if ex.adaptive_depth
+              else np.full(tok.codes.shape[:2], tok.codes.shape[-1], dtype=np.int64))
     unchanged = None
     if ex.enable_rle and ex.rle_threshold > 0:
         kept = codes_to_streams(tok.codes, depths)

@@ -311,12 +311,12 @@ class Trainer:
         log.info("codebook usage %% (l0..): %s", " | ".join(
             f"{s} " + "/".join(f"{100 * lv['usage']:.1f}" for lv in levels.values()) for s, levels in health.items()))
         for s, (stream, levels) in enumerate(health.items()):
-            for level, stats in levels.items():
+            for j, (level, stats) in enumerate(levels.items()):
                 for key in ("usage", "perplexity", "entropy", "dead"):
                     self.writer.add_scalar(f"codebook/{key}/{stream}/{level}", stats[key], self.step)
                 if not histograms:
                     continue
-                c = counts[s, int(level[1:])].astype(np.float64)
+                c = counts[s, j].astype(np.float64)
                 ids = np.arange(c.size, dtype=np.float64)
                 if c.sum() > 0:
                     self.writer.add_histogram_raw(
@@ -334,7 +334,7 @@ class Trainer:
         codes = self.model.encode(batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask]).cpu().numpy()
         self.model.train()
         settings = TokenSettings(self.cfg.data.fps, self.cfg.data.chunk_len, self.cfg.model.rvq.codebook_size,
-                                 self.cfg.model.rvq.levels, max_run=self.cfg.export.max_run)
+                                 self.cfg.model.rvq.codes_per_stream, max_run=self.cfg.export.max_run)
         records, start = [], 0
         for name, c in zip(names, batch.chunk_mask.sum(1).tolist()):
             record, _ = sequence_record(name, codes[start:start + c], settings, {"epoch": self.epoch + 1})

@@ -44,7 +44,7 @@ class Reconstruction:
     split: str
     original: np.ndarray
     recon: np.ndarray
-    levels: int
+    codes_per_stream: int
     mpjpe_px: dict[str, float]    # per stream, over observed points, part centres excluded
     num_chunks: int
 
@@ -74,7 +74,7 @@ def reconstruct(model: SignTokenizer, cfg: Config, name: str | None = None, spli
 def render_recon(rec: Reconstruction, out: str | Path, fps: int = 30, chunk_len: int = 10,
                  frame: int | None = None, max_frames: int | None = None, stream: str = "parts") -> Path:
     """Side-by-side render (GIF / MP4 / PNG by suffix of ``out``); returns the path written."""
-    label = f"{rec.levels} levels" + (", FB stream" if stream == "FB" else "")
+    label = f"{rec.codes_per_stream} codes per stream" + (", FB stream" if stream == "FB" else "")
     return render_comparison(rec.original, rec.recon, out, fps=fps, chunk_len=chunk_len,
                              titles=("original", f"reconstruction ({label})"),
                              frame=frame, max_frames=max_frames)
