@@ -238,7 +238,7 @@ class ResidualQuantizer(nn.Module):
         self.cosine = cfg.distance == "cosine"
         self.levels = nn.ModuleList(Codebook(dim, cfg, groups) for _ in range(cfg.levels))
 
-    def _prepare(self, z: torch.Tensor) -> torch.Tensor:
+    def prepare(self, z: torch.Tensor) -> torch.Tensor:
         # Cosine mode puts the latent on the unit sphere; residual levels stay euclidean.
         return nn.functional.normalize(z, dim=-1) if self.cosine else z
 
@@ -249,7 +249,7 @@ class ResidualQuantizer(nn.Module):
         the end (the EnCodec/audiocraft fix), written as ``out + (x - x.detach())`` so the
         value is exactly the sum of codewords, bit for bit equal to ``decode(codes)``.
         """
-        x = self._prepare(z)
+        x = self.prepare(z)
         residual, out = x, torch.zeros_like(x)
         codes, commits, usages = [], [], []
         for i, level in enumerate(self.levels):
@@ -268,7 +268,7 @@ class ResidualQuantizer(nn.Module):
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z (G, N, D) -> codes (G, N, levels); the export and streaming path."""
-        residual, codes = self._prepare(z), []
+        residual, codes = self.prepare(z), []
         for level in self.levels:
             codes.append(level.encode(residual))
             residual = residual - level.decode(codes[-1])
@@ -321,7 +321,8 @@ class MultiStreamRVQ(nn.Module):
     def _stream_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """(S * splits, N, levels) -> (N, S, levels * splits), level-major."""
         g, n, levels = codes.shape
-        return codes.view(g // self.splits, self.splits, n, levels).permute(2, 0, 3, 1).reshape(n, -1, levels * self.splits)
+        codes = codes.view(g // self.splits, self.splits, n, levels).permute(2, 0, 3, 1)  # (N, S, levels, splits)
+        return codes.reshape(n, -1, levels * self.splits)
 
     def forward(self, z: torch.Tensor, num_active: torch.Tensor | None = None) -> QuantizedResult:
         """z (N, S, D) -> quantized (N, S, D), codes (N, S, codes_per_stream), per-stream losses (S,).
@@ -330,9 +331,8 @@ class MultiStreamRVQ(nn.Module):
         """
         with torch.autocast(z.device.type, enabled=False):
             r = self.rvq(self._groups(z), num_active)
-        per_stream = (lambda t: t.view(-1, self.splits).mean(1))
-        return QuantizedResult(self._streams(r.quantized), self._stream_codes(r.codes),
-                               per_stream(r.commit_loss), per_stream(r.usage_loss))
+        commit, usage = (t.view(-1, self.splits).mean(1) for t in (r.commit_loss, r.usage_loss))
+        return QuantizedResult(self._streams(r.quantized), self._stream_codes(r.codes), commit, usage)
 
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
@@ -347,7 +347,7 @@ class MultiStreamRVQ(nn.Module):
         k levels, as adaptive depth uses them."""
         codes = self.encode(z)
         with torch.autocast(z.device.type, enabled=False):
-            x = self._streams(self.rvq._prepare(self._groups(z)))
+            x = self._streams(self.rvq.prepare(self._groups(z)))
         scale = x.norm(dim=-1).clamp_min(1e-8)
         left = [(x - self.decode(codes[..., :k * self.splits])).norm(dim=-1) / scale
                 for k in range(1, self.num_levels + 1)]
@@ -358,5 +358,5 @@ class MultiStreamRVQ(nn.Module):
         n, s, m = codes.shape
         if m % self.splits:
             raise ValueError(f"decode needs whole levels: {m} codes per stream, {self.splits} parts per level")
-        groups = codes.reshape(n, s, m // self.splits, self.splits).permute(1, 3, 0, 2).reshape(s * self.splits, n, -1)
-        return self._streams(self.rvq.decode(groups))
+        groups = codes.reshape(n, s, m // self.splits, self.splits).permute(1, 3, 0, 2)  # (S, splits, N, k)
+        return self._streams(self.rvq.decode(groups.reshape(s * self.splits, n, -1)))

@@ -145,7 +145,8 @@ def _meta(cfg: Config, split: str, checkpoint: str) -> dict:
     ex = cfg.export
     # With split latents a stream's codes per chunk are level-major: code j is level
     # j // splits of part j % splits (num_levels counts codes, not levels).
-    return {"checkpoint": checkpoint, "split": split, "splits": cfg.model.rvq.splits, "adaptive_depth": ex.adaptive_depth,
+    return {"checkpoint": checkpoint, "split": split, "splits": cfg.model.rvq.splits,
+            "adaptive_depth": ex.adaptive_depth,
             "depth_threshold": ex.depth_threshold if ex.adaptive_depth else None,
             "rle_threshold": ex.rle_threshold, "max_run": ex.max_run, "precision": ex.precision}
 

@@ -36,6 +36,7 @@ def overfit_check(cfg: Config, num: int = 16, max_ratio: float = 0.2) -> dict:
         "sequences": len(names), "steps": trainer.step,
         "initial_recon": initial, "final_recon": final["val"]["loss"]["recon"], "ratio": ratio,
         "final_mpjpe_px": final["val"]["mpjpe_px"],
-        "codebook_usage_l0": {s: min(c["usage"] for c in first_level(levels)) for s, levels in final["codebook"].items()},
+        "codebook_usage_l0": {s: min(c["usage"] for c in first_level(health))
+                              for s, health in final["codebook"].items()},
         "seconds": time.time() - start, "run_dir": str(run_dir), "pass": ratio <= max_ratio,
     }
