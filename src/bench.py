@@ -153,7 +153,8 @@ def analytic_flops(cfg: ModelConfig, chunk_len: int) -> dict[str, float]:
 
     Per stream: input projection 2*(3K)*W_in*L; per layer qkv 2*L*W*3W, attention scores
     and weighted sum 2*2*L*L*W, output projection 2*L*W*W, MLP 2*2*L*W*(mlp_ratio*W);
-    output projection 2*W*latent (2*L*W*latent for a flatten-pooled stream). Quantizer:
+    output projection 2*W*latent (2*L*W*latent for a flatten-pooled stream); with the linear
+    path 2*(2K*L)*latent more. Quantizer:
     levels x 2*latent*codebook_size per stream. Norms, softmax, GELU and the attention
     pooling's dot products are left out (< 1%).
     """
@@ -164,6 +165,8 @@ def analytic_flops(cfg: ModelConfig, chunk_len: int) -> dict[str, float]:
     layer = 2 * length * w * 3 * w + 2 * 2 * length * length * w + 2 * length * w * w + 2 * 2 * length * w * hidden
     pooled = sum(len(idx) * w * (length if kind == "flatten" else 1) for kind, idx in PoolGroups(cfg.pool).groups)
     encoder = inputs + s * cfg.enc_layers * layer + 2 * pooled * cfg.latent_dim
+    if cfg.linear_path:
+        encoder += sum(2 * 2 * st.num_keypoints * length * cfg.latent_dim for st in kp.STREAMS)
     quantizer = s * cfg.rvq.levels * 2 * cfg.latent_dim * cfg.rvq.codebook_size
     return {"encoder": float(encoder), "quantizer": float(quantizer)}
 

@@ -8,10 +8,17 @@ from collections.abc import Callable
 from src.config import Config, ConfigError, load_config
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None (those options say in their help what happens without them)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parser(name: str, description: str) -> argparse.ArgumentParser:
     """An ArgumentParser whose usage line reads ``run.py <name>``."""
     return argparse.ArgumentParser(prog=f"run.py {name}", description=description,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=_DefaultsFormatter)
 
 
 def add_config_args(p: argparse.ArgumentParser, default: str | None = "configs/default.yaml") -> None:

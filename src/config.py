@@ -82,6 +82,8 @@ class ModelConfig:
     pool: str | dict[str, str] = "attention"  # attention | mean | flatten (frames side by side; decoder
     #                                  mirrors), or one per stream: {F: attention, LH: flatten, ...}
     latent_dim: int = 256
+    linear_path: bool = False        # a linear map of the whole chunk beside the encoder's and decoder's
+    #                                  transformer (added to the latent and to the decoded pose)
     stitch: bool = True              # decode sequences with chunk borders stitched (src/models/stitch.py); losses score that
     stats_sequences: int = 1000      # training sequences read for the per-point mean/std standardisation
     rvq: RVQConfig = field(default_factory=RVQConfig)

@@ -101,14 +101,14 @@ def test_flop_count_matches_torch_counter(report):
     assert f["quantizer_mflop_per_chunk_counted"] == pytest.approx(f["quantizer_mflop_per_chunk"], rel=0.1)
 
 
-@pytest.mark.parametrize("type_embedding, pool", [("add", "attention"), ("concat", "attention"),
-                                                   ("add", {"F": "attention", "LH": "flatten", "RH": "flatten",
-                                                            "B": "mean", "FB": "flatten"})])
-def test_flop_formula_on_the_default_model(type_embedding, pool):
+@pytest.mark.parametrize("type_embedding, pool, linear_path", [
+    ("add", "attention", False), ("concat", "attention", False),
+    ("add", {"F": "attention", "LH": "flatten", "RH": "flatten", "B": "mean", "FB": "flatten"}, True)])
+def test_flop_formula_on_the_default_model(type_embedding, pool, linear_path):
     """The default width-256 model (not trained: FLOPs do not depend on the weights)."""
     from src.models.tokenizer import SignTokenizer
 
-    cfg = ModelConfig(type_embedding=type_embedding, pool=pool, rvq=RVQConfig())
+    cfg = ModelConfig(type_embedding=type_embedding, pool=pool, linear_path=linear_path, rvq=RVQConfig())
     model = SignTokenizer(cfg, 10).eval()
     analytic, counted = bench.analytic_flops(cfg, 10), bench.counted_flops(model, torch.device("cpu"))
     assert counted["encoder"] == pytest.approx(analytic["encoder"], rel=0.1)

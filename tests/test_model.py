@@ -57,11 +57,12 @@ MIXED_POOL = {"F": "attention", "LH": "flatten", "RH": "flatten", "B": "mean", "
 
 
 
-@pytest.mark.parametrize("only_recon, pool", [(False, "attention"), (True, "attention"), (False, MIXED_POOL)])
-def test_forward_backward_shapes_and_every_parameter_gets_a_gradient(only_recon, pool):
+@pytest.mark.parametrize("only_recon, pool, linear_path", [
+    (False, "attention", False), (True, "attention", False), (False, MIXED_POOL, False), (True, MIXED_POOL, True)])
+def test_forward_backward_shapes_and_every_parameter_gets_a_gradient(only_recon, pool, linear_path):
     """With the reconstruction terms alone the encoder still learns: the straight-through
     path carries the decoder's gradient across the quantiser."""
-    model = make_model(pool=pool)
+    model = make_model(pool=pool, linear_path=linear_path)
     x, observed = inputs()
     out = model.train()(x, observed)
     assert out.recon.shape == (6, L, P, 2)
@@ -75,6 +76,7 @@ def test_forward_backward_shapes_and_every_parameter_gets_a_gradient(only_recon,
     names = [n for n, _ in model.named_parameters()]
     for s in kp.STREAM_NAMES:  # every per-stream input projection and head is among them
         assert f"encoder.inputs.{s}.weight" in names and f"decoder.heads.{s}.weight" in names
+        assert (f"encoder.linear.{s}.weight" in names) == (f"decoder.linear.{s}.weight" in names) == linear_path
     for name, p in model.named_parameters():
         assert name.startswith(("encoder.", "decoder."))
         assert p.grad is not None, name
@@ -138,10 +140,10 @@ def test_chunks_are_independent():
     assert torch.equal(a.recon[others], b.recon[others])
 
 
-@pytest.mark.parametrize("pool", ["attention", MIXED_POOL])
-def test_each_stream_latent_sees_only_its_own_points(pool):
+@pytest.mark.parametrize("pool, linear_path", [("attention", False), (MIXED_POOL, False), (MIXED_POOL, True)])
+def test_each_stream_latent_sees_only_its_own_points(pool, linear_path):
     x, observed = inputs()
-    model = initialised(make_model(pool=pool), x, observed)
+    model = initialised(make_model(pool=pool, linear_path=linear_path), x, observed)
     left_hand = torch.zeros(P, dtype=torch.bool)  # the signer's left hand, in every stream holding it
     for s in kp.STREAMS:
         for i, row in enumerate(s.rows):
@@ -157,9 +159,9 @@ def test_each_stream_latent_sees_only_its_own_points(pool):
         assert same == (name not in ("LH", "FB")), name
 
 
-@pytest.mark.parametrize("pool", ["flatten", MIXED_POOL])
-def test_each_streams_decoded_points_come_from_its_own_latent_only(pool):
-    model = make_model(pool=pool).eval()
+@pytest.mark.parametrize("pool, linear_path", [("flatten", False), (MIXED_POOL, False), (MIXED_POOL, True)])
+def test_each_streams_decoded_points_come_from_its_own_latent_only(pool, linear_path):
+    model = make_model(pool=pool, linear_path=linear_path).eval()
     z = torch.randn(3, S, D)
     with torch.no_grad():
         base = model.decode(z)

@@ -24,6 +24,9 @@ class ChunkDecoder(nn.Module):
             for kind in self.pools.kinds})
         self.transformer = Transformer(cfg, cfg.dec_layers)
         self.heads = nn.ModuleDict({s.name: nn.Linear(cfg.width, 2 * s.num_keypoints) for s in kp.STREAMS})
+        self.linear = nn.ModuleDict(  # mirror of the encoder's linear path
+            {s.name: nn.Linear(cfg.latent_dim, 2 * chunk_len * s.num_keypoints) for s in kp.STREAMS}
+        ) if cfg.linear_path else None
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z (N, S, latent_dim) -> poses (N, L, P, 2), standardised like the encoder input."""
@@ -37,4 +40,6 @@ class ChunkDecoder(nn.Module):
         h = self.transformer(h.reshape(n * s, self.chunk_len, -1)).view(n, s, self.chunk_len, -1)
         parts = [self.heads[name](h[:, i]).view(n, self.chunk_len, -1, 2)
                  for i, name in enumerate(kp.STREAM_SLICES)]
+        if self.linear is not None:
+            parts = [p + self.linear[name](z[:, i]).view_as(p) for i, (name, p) in enumerate(zip(kp.STREAM_SLICES, parts))]
         return torch.cat(parts, dim=2)

@@ -28,6 +28,11 @@ class ChunkEncoder(nn.Module):
         self.out = nn.ModuleDict({
             kind: nn.Linear(cfg.width * (chunk_len if kind == "flatten" else 1), cfg.latent_dim)
             for kind in self.pools.kinds})
+        # The linear path sees the whole chunk at once, so the latent starts out at least as
+        # good as a linear projection (PCA) of it; the transformer adds what is not linear.
+        self.linear = nn.ModuleDict(
+            {s.name: nn.Linear(2 * chunk_len * s.num_keypoints, cfg.latent_dim) for s in kp.STREAMS}
+        ) if cfg.linear_path else None
 
     def forward(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
         """x (N, L, P, 2) standardised coordinates, observed (N, L, P) bool -> z (N, S, latent_dim)."""
@@ -38,8 +43,12 @@ class ChunkEncoder(nn.Module):
         h = self.embed(h)
         s, width = h.shape[1], h.shape[-1]
         h = self.transformer(h.reshape(n * s, length, width)).view(n, s, length, width)
-        return self.pools.join([self.out[kind](self._pool(kind, g))
-                                for kind, g in zip(self.pools.kinds, self.pools.split(h))])
+        z = self.pools.join([self.out[kind](self._pool(kind, g))
+                             for kind, g in zip(self.pools.kinds, self.pools.split(h))])
+        if self.linear is not None:
+            z = z + torch.stack([self.linear[name](x[:, :, sl].flatten(1))
+                                 for name, sl in kp.STREAM_SLICES.items()], dim=1)
+        return z
 
     def _pool(self, kind: str, h: torch.Tensor) -> torch.Tensor:
         """(N, S_group, L, W) -> (N, S_group, W), or (N, S_group, L*W) for flatten."""

@@ -8,7 +8,7 @@ from src.cli import parser, run
 def main(argv: list[str] | None = None) -> int:
     p = parser("demo", __doc__.split(":", 1)[1].strip())
     p.add_argument("--root", help="CSL-Daily-layout folder (default: the synthetic signer, made if missing)")
-    p.add_argument("--config", default="configs/demo.yaml")
+    p.add_argument("--config", default="configs/demo.yaml", help="YAML config of the demo run")
     p.add_argument("--num-synthetic", type=int, default=200, help="sequences in a new synthetic set")
     p.add_argument("--split", default="val", help="split to evaluate, export and draw")
     p.add_argument("overrides", nargs="*", metavar="key=value")

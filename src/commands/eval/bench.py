@@ -10,7 +10,7 @@ from src.cli import add_config_args, parser, run
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("bench", __doc__.split(":", 1)[1].strip())
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model runs")
     p.add_argument("--json", help="also write the report here (atomically)")
     p.add_argument("--fast", action="store_true",
                    help="quick run with few repeats and 200 sequences; a tiny model unless --checkpoint")

@@ -9,9 +9,9 @@ def main(argv: list[str] | None = None) -> int:
     p = parser("eval-rvq", __doc__.split(":", 1)[1].strip())
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by train-rvq")
     p.add_argument("--root", help="data root (default: the one the checkpoint was trained on)")
-    p.add_argument("--split", default="val")
+    p.add_argument("--split", default="val", help="split to evaluate")
     p.add_argument("--out", help="write the report as JSON here")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = p.parse_args(argv)
 

@@ -11,7 +11,7 @@ def main(argv: list[str] | None = None) -> int:
     p = parser("verify-overfit16", __doc__.split(":", 1)[1].strip() +
                " Prints one JSON line; exit status 0 only when the check passes.")
     p.add_argument("--root", help="CSL-Daily-layout folder (default: a fresh synthetic signer set)")
-    p.add_argument("--config", default="configs/overfit16.yaml")
+    p.add_argument("--config", default="configs/overfit16.yaml", help="YAML config of the overfit run")
     p.add_argument("--num", type=int, default=16, help="number of training sequences")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
