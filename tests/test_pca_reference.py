@@ -1,0 +1,28 @@
+"""The linear PCA reference (scripts/pca_reference.py) measures what it says."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from src.data import keypoints as kp
+
+_spec = importlib.util.spec_from_file_location(
+    "pca_reference", Path(__file__).resolve().parents[1] / "scripts" / "pca_reference.py")
+pca_reference = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pca_reference)
+
+
+def test_error_falls_with_rank_and_vanishes_at_the_data_rank():
+    g = torch.Generator().manual_seed(0)
+    n, length = 12, 3
+    x = torch.randn(n, length, kp.NUM_STREAM_POINTS, 2, generator=g)
+    observed = torch.ones(n, length, kp.NUM_STREAM_POINTS, dtype=torch.bool)
+    unit = torch.full((n,), 10.0)
+    # Fitted on the chunks themselves: n chunks span at most n - 1 directions around their mean.
+    result = pca_reference.pca_mpjpe(x, x, observed, unit, [1, 4, n - 1])
+    for name in kp.STREAM_NAMES:
+        errors = [result[k][name] for k in (1, 4, n - 1)]
+        assert errors[0] > errors[1] > 1.0, name
+        assert errors[2] < 1e-4, name
