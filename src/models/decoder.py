@@ -41,5 +41,6 @@ class ChunkDecoder(nn.Module):
         parts = [self.heads[name](h[:, i]).view(n, self.chunk_len, -1, 2)
                  for i, name in enumerate(kp.STREAM_SLICES)]
         if self.linear is not None:
-            parts = [p + self.linear[name](z[:, i]).view_as(p) for i, (name, p) in enumerate(zip(kp.STREAM_SLICES, parts))]
+            parts = [part + self.linear[name](z[:, i]).view_as(part)
+                     for i, (name, part) in enumerate(zip(kp.STREAM_SLICES, parts))]
         return torch.cat(parts, dim=2)
