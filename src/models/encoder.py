@@ -28,8 +28,8 @@ class ChunkEncoder(nn.Module):
         self.out = nn.ModuleDict({
             kind: nn.Linear(cfg.width * (chunk_len if kind == "flatten" else 1), cfg.latent_dim)
             for kind in self.pools.kinds})
-        # The linear path sees the whole chunk at once, so the latent starts out at least as
-        # good as a linear projection (PCA) of it; the transformer adds what is not linear.
+        # The linear path sees the whole chunk at once, so a linear (PCA-like) code of it is
+        # directly in reach; on real pose that kept more than the transformer alone (README).
         self.linear = nn.ModuleDict(
             {s.name: nn.Linear(2 * chunk_len * s.num_keypoints, cfg.latent_dim) for s in kp.STREAMS}
         ) if cfg.linear_path else None
