@@ -9,7 +9,7 @@ from src.config import Config
 from src.data.keypoints import STREAM_NAMES
 from src.data.synth import write_synthetic_dataset
 from src.inference import load_tokenizer
-from src.metrics.codebook import first_level
+from src.metrics.codebook import first_level_min
 from src.metrics.report import evaluation_report
 from src.tokens.export import export_tokens, token_settings, write_llm_files
 from src.tokens.records import write_jsonl_atomic
@@ -52,7 +52,7 @@ def run_demo(cfg: Config, split: str = "val", num_export: int = 0) -> dict:
     return {
         "run_dir": run_dir, "seconds": time.time() - start, "mpjpe_px": result["mpjpe_px"],
         "oracle_chunk_mean_px": result["oracle_chunk_mean_px"],
-        "usage_l0": {s: min(c["usage"] for c in first_level(report["codebook"][s])) for s in STREAM_NAMES},
+        "usage_l0": {s: first_level_min(report["codebook"][s], "usage") for s in STREAM_NAMES},
         "codes_per_chunk": stats.per_chunk(stats.codes), "tokens_per_chunk_rle": stats.per_chunk(stats.tokens),
         "rle_compression": stats.compression, "exported": f"{stats.exported}/{stats.attempted}",
         "outputs": {"checkpoint": checkpoint, "eval report": run_dir / "eval.json", "tokens": tokens,

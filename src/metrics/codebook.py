@@ -32,9 +32,9 @@ def code_label(index: int, splits: int = 1) -> str:
     return f"l{level}" if splits == 1 else f"l{level}p{part}"
 
 
-def first_level(health: dict[str, dict]) -> list[dict]:
-    """One stream's health entries of its level-0 codebooks (one per part)."""
-    return [stats for label, stats in health.items() if label.split("p")[0] == "l0"]
+def first_level_min(health: dict[str, dict], key: str) -> float:
+    """The least ``key`` (e.g. ``used``, ``usage``) over one stream's level-0 codebooks (one per part)."""
+    return min(stats[key] for label, stats in health.items() if label.split("p")[0] == "l0")
 
 
 def code_counts(codes: np.ndarray, codebook_size: int) -> np.ndarray:

@@ -10,7 +10,7 @@ import torch
 
 from src.data import keypoints as kp
 from src.data.dataset import PoseDataset, make_loader
-from src.metrics.codebook import first_level
+from src.metrics.codebook import first_level_min
 from src.metrics.evaluate import evaluate
 
 PARTS = ("F", "LH", "RH", "B")
@@ -33,7 +33,7 @@ def checks(result: dict, health: dict, codebook_size: int, jump_limit: float = 1
                                            "pass": model <= (1 - oracle_gain) * oracle}
     need = int(np.ceil(min(0.3 * result["num_chunks"], 0.3 * codebook_size)))
     for s in kp.STREAM_NAMES:
-        used = min(stats["used"] for stats in first_level(health[s]))
+        used = first_level_min(health[s], "used")
         out[f"codes_used_{s}_l0"] = {"used": used, "need": need, "pass": used >= need}
     for s in kp.STREAM_NAMES:
         ratio = result["temporal"]["jump_ratio"][s]

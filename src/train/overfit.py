@@ -8,7 +8,7 @@ from pathlib import Path
 
 from src.config import Config
 from src.data.source import read_json, split_names
-from src.metrics.codebook import first_level
+from src.metrics.codebook import first_level_min
 from src.train import distributed
 from src.train.loop import Trainer
 
@@ -36,7 +36,6 @@ def overfit_check(cfg: Config, num: int = 16, max_ratio: float = 0.2) -> dict:
         "sequences": len(names), "steps": trainer.step,
         "initial_recon": initial, "final_recon": final["val"]["loss"]["recon"], "ratio": ratio,
         "final_mpjpe_px": final["val"]["mpjpe_px"],
-        "codebook_usage_l0": {s: min(c["usage"] for c in first_level(health))
-                              for s, health in final["codebook"].items()},
+        "codebook_usage_l0": {s: first_level_min(health, "usage") for s, health in final["codebook"].items()},
         "seconds": time.time() - start, "run_dir": str(run_dir), "pass": ratio <= max_ratio,
     }
