@@ -68,9 +68,14 @@ def test_ema_over_ranks_equals_one_process_on_the_whole_batch(tmp_path):
     assert not torch.equal(a["embed"], fresh.embed), "no code was ever restarted"
 
 
-def _train_worker(rank: int, tmp: str, root: str) -> None:
+def _torchrun_env(rank: int) -> None:
+    """The variables torchrun sets, so a spawned worker goes through distributed.setup."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["TEST_DDP_PORT"])
+
+
+def _train_worker(rank: int, tmp: str, root: str) -> None:
+    _torchrun_env(rank)
     torch.set_num_threads(1)
     from src.data.dataset import PoseDataset, collate
     from src.train import distributed
@@ -87,6 +92,32 @@ def _train_worker(rank: int, tmp: str, root: str) -> None:
         torch.save({"state": trainer.model.state_dict(), "codes": codes}, f"{tmp}/rank{rank}.pt")
     finally:
         distributed.teardown()
+
+
+def _teardown_worker(rank: int, tmp: str) -> None:
+    _torchrun_env(rank)
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from src.train import distributed
+
+    distributed.setup("cpu")
+    model = DDP(torch.nn.Linear(4, 4))
+    model(torch.randn(3, 4)).sum().backward()
+    del model
+    distributed.teardown()
+    names = [Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task")]
+    Path(f"{tmp}/threads{rank}.json").write_text(json.dumps(names))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to list threads")
+def test_teardown_frees_the_process_group(tmp_path, monkeypatch):
+    # A group kept alive past teardown takes its gloo threads into interpreter exit, where a
+    # finished run was seen to abort.
+    monkeypatch.setenv("TEST_DDP_PORT", _free_port())
+    mp.spawn(_teardown_worker, args=(str(tmp_path),), nprocs=WORLD)
+    for rank in range(WORLD):
+        names = json.loads((tmp_path / f"threads{rank}.json").read_text())
+        assert not [n for n in names if "gloo" in n], names
 
 
 def _free_port() -> str:

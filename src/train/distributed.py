@@ -47,17 +47,16 @@ def setup(device_name: str = "auto") -> DistInfo:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+    # DDP imports torch._dynamo; imported after the group exists, it keeps ~10 references to
+    # it, so destroy_process_group cannot free it and gloo's threads live on into interpreter
+    # teardown, where a rank was seen to abort (SIGABRT) after a finished run.
+    import torch._dynamo  # noqa: F401
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank, local_rank, world_size, device)
 
 
-def barrier() -> None:
-    """Wait for every rank (no-op in a single process)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def teardown() -> None:
+    """Destroy the process group (no-op in a single process)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -379,11 +379,6 @@ def train(cfg: Config, resume: str | None = None, require_distributed: bool = Fa
                            "(or use train-rvq for one process)")
     info = distributed.setup(cfg.train.device)
     try:
-        run_dir = Trainer(cfg, info, resume).fit()
-        # Rank 0 still writes the run's last files; a rank that tore its process group down
-        # meanwhile was seen to abort in gloo (rarely). On an error path no barrier: a rank
-        # that died would leave the others waiting on it.
-        distributed.barrier()
-        return run_dir
+        return Trainer(cfg, info, resume).fit()
     finally:
         distributed.teardown()
