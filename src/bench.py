@@ -206,14 +206,15 @@ def streaming_latency(model: SignTokenizer, settings: BenchSettings, device: tor
     and the p50 under ``export.precision=bf16`` (one chunk reads ~22 MB of weights and
     codebooks, so half-width weights matter more than FLOPs here)."""
     x, observed = random_chunks(1, model.chunk_len, device)
+    times = {}
     with num_threads(threads):
-        ms = 1e3 * time_calls(lambda: model.encode(x, observed), settings.latency_repeats,
-                              settings.latency_warmup, device)
-        with precision_context(device, "bf16"):
-            ms_bf16 = 1e3 * time_calls(lambda: model.encode(x, observed), settings.latency_repeats,
-                                       settings.latency_warmup, device)
+        for precision in ("fp32", "bf16"):
+            with precision_context(device, precision):
+                times[precision] = 1e3 * time_calls(lambda: model.encode(x, observed), settings.latency_repeats,
+                                                    settings.latency_warmup, device)
+    ms = times["fp32"]
     return {"latency_ms_p50": float(np.median(ms)), "latency_ms_p95": float(np.percentile(ms, 95)),
-            "latency_ms_min": float(ms.min()), "latency_ms_p50_bf16": float(np.median(ms_bf16)),
+            "latency_ms_min": float(ms.min()), "latency_ms_p50_bf16": float(np.median(times["bf16"])),
             "repeats": settings.latency_repeats, "threads": threads or torch.get_num_threads()}
 
 
