@@ -241,7 +241,8 @@ def export_figures(model: SignTokenizer, flops: dict[str, Any], settings: BenchS
     """Offline export throughput at a large batch, one thread and all threads, and the limit.
 
     GFLOP/s = analytic FLOPs per chunk x chunks/s; the fraction is of the 1-thread matmul
-    peak measured in the same run (on CUDA: of the GPU's fp32 matmul). The bf16 path
+    peak measured in the same run (on CUDA: of the GPU's fp32 matmul), and ``*_at_peak`` is
+    the chunks/s that peak would give, the ceiling for fp32 on this machine. The bf16 path
     (``export.precision=bf16``) is reported beside it with the share of its codes that equal
     fp32's on the same chunks; the fraction of peak is for fp32 only.
     """
@@ -259,7 +260,8 @@ def export_figures(model: SignTokenizer, flops: dict[str, Any], settings: BenchS
     tok_all = tok if cuda else chunks_per_s(model.encode, x, observed, settings, device, default_threads)
     peak = matmul_peak_gflops(size, settings.matmul_repeats, device, one)
     enc_gflops = flops["encoder_mflop_per_chunk"] * enc / 1e3
-    tok_gflops = (flops["encoder_mflop_per_chunk"] + flops["quantizer_mflop_per_chunk"]) * tok / 1e3
+    tok_mflop = flops["encoder_mflop_per_chunk"] + flops["quantizer_mflop_per_chunk"]
+    tok_gflops = tok_mflop * tok / 1e3
     return {
         "batch_chunks": batch,
         "encoder_chunks_per_s_1thread": enc,
@@ -274,6 +276,8 @@ def export_figures(model: SignTokenizer, flops: dict[str, Any], settings: BenchS
         "encode_gflop_per_s_1thread": tok_gflops,
         "encoder_peak_frac": enc_gflops / peak,
         "encode_peak_frac": tok_gflops / peak,
+        # The most any fp32 implementation of this model could tokenize here: every FLOP at peak.
+        "encode_chunks_per_s_1thread_at_peak": peak * 1e3 / tok_mflop,
     }
 
 

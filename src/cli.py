@@ -38,9 +38,11 @@ def run(fn: Callable[[], int | None]) -> int:
     from src.train.checkpoint import CheckpointError
     from src.train.distributed import LaunchError
 
+    from src.runtime import reuse_freed_memory
     from src.train.runlog import setup_logging
 
     setup_logging()
+    reuse_freed_memory()
     try:
         return fn() or 0
     except (ConfigError, DataError, CheckpointError, LaunchError, FileNotFoundError) as e:

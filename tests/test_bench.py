@@ -81,6 +81,8 @@ def test_figures_are_consistent(report):
     gflops = (f["encoder_mflop_per_chunk"] + f["quantizer_mflop_per_chunk"]) * e["encode_chunks_per_s_1thread"] / 1e3
     assert e["encode_gflop_per_s_1thread"] == pytest.approx(gflops)
     assert e["encode_peak_frac"] == pytest.approx(gflops / e["matmul_peak_gflop_per_s_1thread"])
+    assert e["encode_chunks_per_s_1thread_at_peak"] == pytest.approx(
+        e["encode_chunks_per_s_1thread"] / e["encode_peak_frac"])
     assert t["batch_chunks"] >= t["batch_sequences"]
     assert t["peak_memory_mib"] >= t["process_peak_rss_before_mib"]
 
