@@ -12,11 +12,11 @@ _M_MMAP_MAX = -4
 def reuse_freed_memory() -> bool:
     """Make glibc malloc keep freed memory for reuse instead of returning it to the system.
 
-    By default every block over 128 KiB (a batch's activations) is mapped fresh from the
-    kernel and unmapped when freed, so each forward pass page-faults its outputs in again,
-    one 4 KiB page at a time. On the project's CPU machine that was a quarter of offline
-    export time (README, Measured figures). The price: the process keeps its peak heap.
-    Returns False where it does not apply (not glibc).
+    By default glibc maps big blocks (from 128 KiB up, and always from 32 MiB: a batch's
+    activations) fresh from the kernel and unmaps them when freed, so each forward pass
+    page-faults its outputs in again, one 4 KiB page at a time. On the project's CPU machine
+    that was a quarter of offline export time (README, Measured figures). The price: the
+    process keeps its peak heap. Returns False where it does not apply (not glibc).
     """
     if not sys.platform.startswith("linux"):
         return False
