@@ -39,7 +39,7 @@ class BenchSettings:
 
     latency_repeats: int = 200
     latency_warmup: int = 20
-    export_batch: int = 256           # chunks per encode call on CPU
+    export_batch: int = 128           # chunks per encode call on CPU: activations stay under 32 MiB (src/runtime.py)
     export_batch_cuda: int = 8192     # a GPU needs far more rows to fill
     export_repeats: int = 3
     export_warmup: int = 1
