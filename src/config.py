@@ -49,7 +49,7 @@ class DataConfig:
 
 @dataclass
 class RVQConfig:
-    levels: int = 3
+    levels: int = 2
     codebook_size: int = 1024
     distance: str = "euclidean"      # euclidean | cosine (latent put on the unit sphere)
     ema_decay: float = 0.99
@@ -62,11 +62,24 @@ class RVQConfig:
     quantizer_dropout: float = 0.0   # probability that a sample trains with a random number of levels
     splits: int = 1                  # parts of each stream's latent with codebooks of their own; a chunk
     #                                  then has levels x splits codes per stream (level-major order)
+    # Residual levels each stream codes (at most ``levels``): the rate is set per stream.
+    # 1+2+2+2+1 = 8 codes per chunk, the specification's 4-8 (24 tokens per second at most).
+    stream_levels: dict[str, int] = field(
+        default_factory=lambda: {"F": 1, "LH": 2, "RH": 2, "B": 2, "FB": 1})
 
     @property
     def codes_per_stream(self) -> int:
-        """Codes per chunk and stream: ``levels`` residual levels of ``splits`` parts each."""
+        """Codes per chunk of the stream with the most: ``levels`` levels of ``splits`` parts each."""
         return self.levels * self.splits
+
+    def stream_codes(self, stream: str) -> int:
+        """Codes per chunk of one stream: its levels (capped at ``levels``) x ``splits``."""
+        return min(self.stream_levels[stream], self.levels) * self.splits
+
+    @property
+    def codes_per_chunk(self) -> int:
+        """Codes per chunk over all streams, before run-length coding."""
+        return sum(self.stream_codes(s) for s in self.stream_levels)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import torch
 from src.config import Config
 from src.data import keypoints as kp
 from src.data.dataset import collate
-from src.data.pose import denormalise, to_rows
+from src.data.pose import denormalise, rotate, to_rows
 from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer
 from src.train.checkpoint import config_from_checkpoint, load_checkpoint, load_model_state
@@ -31,7 +31,7 @@ def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> tupl
 
 @dataclass
 class Tokenized:
-    """One sequence through the tokenizer. C chunks, L frames, P = 254 stream points."""
+    """One sequence through the tokenizer. C chunks, L frames, P = 242 stream points."""
 
     name: str
     codes: np.ndarray         # (C, S, codes per stream) int
@@ -72,13 +72,15 @@ def tokenize(model: SignTokenizer, samples: list[dict], device: str | torch.devi
 def to_pixels(local: np.ndarray, sample: dict, stream: str = "parts") -> np.ndarray:
     """Chunked local coordinates (C, L, P, 2) -> a pose file array (T, 134, 3) in pixels.
 
-    Mapped back with the sample's true centres and unit; score 1 where the source point
-    was observed, 0 elsewhere (so drawings skip what was never seen).
+    Mapped back with the sample's true centres, unit and roll angle; score 1 where the source
+    point was observed, 0 elsewhere (so drawings skip what was never seen).
     """
     t = int(sample["num_frames"])
     flat = local.reshape(-1, kp.NUM_STREAM_POINTS, 2)[:t]
     centres = sample["centres"].reshape(-1, len(kp.STREAMS), 2)[:t]
-    xy = to_rows(denormalise(flat, centres, float(sample["unit"])), stream)
+    size = tuple(float(v) for v in sample["size"])
+    points = rotate(denormalise(flat, centres, float(sample["unit"])), float(sample.get("angle", 0.0)), size)
+    xy = to_rows(points, stream)
     seen = to_rows(np.repeat(sample["conf"].reshape(-1, kp.NUM_STREAM_POINTS)[:t, :, None], 2, axis=-1)
                    .astype(np.float32), stream)[..., 0]
     out = np.concatenate([xy, seen[..., None]], axis=-1)

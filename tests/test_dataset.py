@@ -21,7 +21,8 @@ from src.data.check import check_root
 from src.data.dataset import PoseDataset, collate, make_loader, make_sample
 from src.data.pack import write_pack
 from src.data.pose import (
-    CleanPose, chunk, clean, denormalise, normalise, num_chunks, stream_centres, to_rows, unit_length,
+    CleanPose, chunk, clean, denormalise, normalise, num_chunks, rotate, stream_centres, to_rows, unit_length,
+    upright_angle,
 )
 from src.data.source import DataError, PoseSource
 from src.data.synth import synth_sequence
@@ -157,27 +158,42 @@ def test_normalise_denormalise_round_trip():
     back = denormalise(x, centres, unit)
     np.testing.assert_allclose(back, pose.xy[:, kp.STREAM_ROWS], atol=1e-3, rtol=0)
     rows = to_rows(back)
-    parts = list(kp.BODY) + list(kp.FACE) + list(kp.LEFT_HAND) + list(kp.RIGHT_HAND)
+    parts = list(kp.UPPER_BODY) + list(kp.FACE) + list(kp.LEFT_HAND) + list(kp.RIGHT_HAND)
     np.testing.assert_allclose(rows[:, parts], pose.xy[:, parts], atol=1e-3, rtol=0)
     np.testing.assert_allclose(to_rows(back, "FB")[:, parts], pose.xy[:, parts], atol=1e-3, rtol=0)
-    # each part stream is centred on its own centre keypoint
+    assert not rows[:, [kp.L_HIP, kp.R_HIP, *kp.FEET]].any()  # legs are not coded
+    # each stream is centred on the mean of its centre rows: they average to 0 in its frame
     for s in kp.STREAMS:
-        if s.centre is not None:
-            assert np.abs(x[:, kp.STREAM_SLICES[s.name].start + s.rows.index(s.centre)]).max() == 0
+        sl = kp.STREAM_SLICES[s.name]
+        local = x[:, [sl.start + s.rows.index(r) for r in s.centre]].mean(axis=1)
+        np.testing.assert_allclose(local, 0, atol=1e-5)
 
 
-def test_unit_length_is_the_mean_eyelid_and_falls_back_to_a_similar_scale():
+def test_upright_angle_levels_the_shoulders_and_rotate_inverts():
+    pose = clean(seq(6, 30, noise=True), 0.3)
+    size = pose.size
+    for tilt in (-0.26, 0.0, 0.2):
+        tilted = rotate(pose.xy, tilt, size)
+        angle = upright_angle(tilted, pose.conf)
+        level = rotate(tilted, -angle, size)
+        d = level[:, kp.L_SHOULDER] - level[:, kp.R_SHOULDER]
+        assert abs(np.median(np.arctan2(d[:, 1], d[:, 0]))) < 1e-4
+        assert angle == pytest.approx(upright_angle(pose.xy, pose.conf) + tilt, abs=1e-4)
+        np.testing.assert_allclose(rotate(level, angle, size), tilted, atol=1e-3)
+
+
+def test_unit_length_is_the_shoulder_width_and_falls_back_to_a_similar_scale():
     for seed in range(4):
         pose = clean(seq(seed, 30, signer=seed), 0.3)
         xy, conf = pose.xy, pose.conf.copy()
-        lids = [np.median(np.linalg.norm(xy[:, a] - xy[:, b], axis=-1))
-                for a, b in (kp.LEFT_EYELID, kp.RIGHT_EYELID)]
+        shoulders = np.median(np.linalg.norm(xy[:, kp.L_SHOULDER] - xy[:, kp.R_SHOULDER], axis=-1))
         unit = unit_length(xy, conf)
-        assert unit == pytest.approx(np.mean(lids), rel=1e-5)
-        for hidden in (list(kp.FACE), [kp.L_EYE, kp.R_EYE], [kp.L_EAR, kp.R_EAR]):
-            conf[:, hidden] = False  # face gone -> eye distance -> head width -> shoulder width
-            assert unit_length(xy, conf) == pytest.approx(unit, rel=0.1), hidden
+        assert unit == pytest.approx(shoulders / kp.SHOULDER_EYELID_RATIO, rel=1e-5)
         conf[:, [kp.L_SHOULDER, kp.R_SHOULDER]] = False
+        for hidden in ([], [*kp.LEFT_EYELID, *kp.RIGHT_EYELID], [kp.L_EYE, kp.R_EYE]):
+            conf[:, hidden] = False  # shoulders gone -> eyelids -> eye distance -> head width
+            assert unit_length(xy, conf) == pytest.approx(unit, rel=0.1), hidden
+        conf[:, [kp.L_EAR, kp.R_EAR]] = False
         assert unit_length(xy, conf) is None
 
 
@@ -185,8 +201,8 @@ def test_unit_length_uses_only_confident_frames():
     pose = clean(seq(5, 30), 0.3)
     unit = unit_length(pose.xy, pose.conf)
     xy, conf = pose.xy.copy(), pose.conf.copy()
-    xy[:12, 66] += 100.0  # a wild left eyelid corner, but not confident in those frames
-    conf[:12, 66] = False
+    xy[:12, kp.L_SHOULDER] += 100.0  # a wild shoulder, but not confident in those frames
+    conf[:12, kp.L_SHOULDER] = False
     assert unit_length(xy, conf) == pytest.approx(unit, rel=0.05)
 
 
@@ -599,7 +615,8 @@ def test_data_check_max_files_and_pack_agreement(synth_root, tmp_path, capsys):
 def test_data_check_on_real_data(real_root, capsys):
     assert check_main(["--root", str(real_root)]) == 0
     text = capsys.readouterr().out
-    assert "train" in text and "result: usable (train: 115 sequences)" in text
+    num_train = len(json.loads((real_root / "split_files.json").read_text())["train"])
+    assert "train" in text and f"result: usable (train: {num_train} sequences)" in text
 
 
 def test_data_pack_command_makes_the_pack_the_dataset_uses(synth_root, tmp_path, capsys):

@@ -19,6 +19,7 @@ from src.commands.viz import recon as recon_cmd
 from src.commands.viz import tokens as tokens_cmd
 from src.config import ConfigError
 from src.data.dataset import PoseDataset
+from src.data import keypoints as kp
 from src.data.keypoints import SCORED_POINTS, STREAM_NAMES, STREAM_SLICES
 from src.inference import load_tokenizer
 from src.tokens import SEP, count_codes, count_tokens, read_jsonl, rle_decode, template_to_entries, validate_record
@@ -97,7 +98,10 @@ def test_export_records_follow_the_spec(lossless, plain, tiny_checkpoint):
         assert rle_decode(rec["tokens"]) == rle_decode(plain[name]["tokens"])
     assert stats.chunks == sum(len(r["tokens"]) for r in records.values())
     assert stats.tokens == sum(count_tokens(r["tokens"]) for r in records.values())
-    assert stats.codes == stats.chunks * len(STREAM_NAMES) * levels
+    per_stream = plain["moving"]["meta"]["codes_per_stream"]
+    assert stats.codes == stats.chunks * sum(per_stream.values()) and per_stream["F"] < levels
+    for rec in plain.values():  # each stream has its own number of codes per chunk
+        assert all(len(c) == per_stream[s] for s, chunks in rle_decode(rec["tokens"]).items() for c in chunks)
 
 
 def test_static_sequence_compresses_and_decodes_to_model_codes(lossless, plain):
@@ -178,9 +182,9 @@ def test_thresholded_rle_holds_anchor_codes(model_cfg, lossless, plain):
 
 
 def test_unchanged_chunks_compare_to_the_anchor_not_the_previous_chunk():
-    x = np.zeros((8, 10, 254, 2), np.float32)
+    x = np.zeros((8, 10, kp.NUM_STREAM_POINTS, 2), np.float32)
     x[..., 0] += 0.4 * np.arange(8)[:, None, None]          # drift of 0.4 per chunk, along x
-    conf = np.ones((8, 10, 254), bool)
+    conf = np.ones((8, 10, kp.NUM_STREAM_POINTS), bool)
     flags = unchanged_chunks(x, conf, threshold=1.0)
     assert all(f == [False, True, True, False, True, True, False, True] for f in flags.values())
     # Codes equal to the anchor's keep chunk 3 NC in rle_encode, so the anchor stays at 0.
@@ -275,7 +279,7 @@ def test_reconstruct_maps_the_original_back_to_the_file(model_cfg, root):
     model, cfg = model_cfg
     rec = reconstruct(model, cfg, "moving", "val")
     raw = np.load(root / "frames_512x512" / "moving.npy")
-    rows = np.r_[1:18, 24:134]                              # feet are not in any stream
+    rows = np.r_[1:12, 24:134]                              # hips, legs and feet are not in any stream
     seen = raw[:, rows, 2] >= cfg.data.conf_thresh
     assert rec.original.shape == rec.recon.shape == raw.shape
     np.testing.assert_allclose(rec.original[:, rows, :2][seen], raw[:, rows, :2][seen], atol=1e-3)
@@ -302,7 +306,9 @@ def test_record_code_counts_decode_nc(lossless):
     counts = record_code_counts(records)
     chunks = sum(len(r["tokens"]) for r in records)
     assert set(counts) == set(STREAM_NAMES)
-    assert all(c.shape == (2, 64) and (c.sum(1) == chunks).all() for c in counts.values())
+    per_stream = records[0]["meta"]["codes_per_stream"]
+    assert all(c.shape == (2, 64) and (c.sum(1) == chunks * (np.arange(2) < per_stream[s])).all()
+               for s, c in counts.items())
     static = rle_decode(lossless[0]["static"]["tokens"])["LH"][0]
     assert counts["LH"][0, static[0]] >= 6                 # the static run counts 6 times
 
@@ -323,6 +329,6 @@ def test_viz_tokens_from_file_and_checkpoint(tiny_checkpoint, root, lossless, tm
     assert tokens_cmd.main(["--checkpoint", str(tiny_checkpoint), "--root", str(root), "--num-samples", "1",
                             "--out", str(tmp_path / "b")]) == 0
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["timeline_static.png"]
-    assert all((c.sum(1) == 6).all() for c in seen["counts"].values())
+    assert all((c.sum(1)[:1] == 6).all() and c.sum() in (6, 12) for c in seen["counts"].values())
     assert "exported 1/1 sequences" in capsys.readouterr().out
     assert tokens_cmd.main(["--tokens", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "c")]) == 2

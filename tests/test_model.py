@@ -25,7 +25,8 @@ BETA = 0.25
 
 def tiny_cfg(**overrides) -> ModelConfig:
     values = dict(width=32, heads=2, latent_dim=D, enc_layers=1, dec_layers=1, type_dim=8,
-                  rvq=RVQConfig(codebook_size=K, levels=LEVELS, kmeans_iters=3))
+                  rvq=RVQConfig(codebook_size=K, levels=LEVELS, kmeans_iters=3,
+                                stream_levels={name: LEVELS for name in kp.STREAM_NAMES}))
     return ModelConfig(**{**values, **overrides})
 
 
@@ -264,7 +265,8 @@ def test_recon_ignores_unobserved_points_and_part_centres():
     after = compute_losses(moved, target, conf, chunk_mask, LossConfig(), BETA)
     assert torch.equal(after["recon"], base["recon"]) and torch.equal(after["total"], base["total"])
 
-    centres = [kp.STREAM_SLICES[s.name].start + s.rows.index(s.centre) for s in kp.STREAMS if s.centre]
+    centres = [kp.STREAM_SLICES[s.name].start + s.rows.index(s.centre[0]) for s in kp.STREAMS
+               if len(s.centre) == 1]
     assert sorted(np.flatnonzero(~kp.SCORED_POINTS).tolist()) == sorted(centres)
     conf_all = torch.ones_like(conf)
     base = compute_losses(out, target, conf_all, chunk_mask, LossConfig(), BETA)

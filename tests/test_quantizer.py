@@ -21,8 +21,11 @@ NEVER = 10**9  # dead_after_steps that never restarts
 
 
 def rvq_cfg(**overrides) -> RVQConfig:
+    """Every stream codes every level unless ``stream_levels`` is given."""
     values = dict(levels=3, codebook_size=16, kmeans_iters=5, dead_after_steps=NEVER)
-    return RVQConfig(**{**values, **overrides})
+    values.update(overrides)
+    values.setdefault("stream_levels", {name: values["levels"] for name in kp.STREAM_NAMES})
+    return RVQConfig(**values)
 
 
 def make_rq(dim: int = 8, seed: int = 0, **overrides) -> ResidualQuantizer:
@@ -363,7 +366,7 @@ def test_state_dict_round_trip_is_the_whole_state(kind):
         trained(torch.randn(shape) * 2 + 1)
     assert _plain_attributes(trained) == attrs  # training changed nothing outside the buffers
     names = {n.rsplit(".", 1)[-1] for n, _ in trained.named_buffers()}
-    assert names == BUFFERS
+    assert names - {"group_levels"} == BUFFERS  # group_levels comes from the config, not the state
 
     loaded, other = build(1), build(1)
     loaded.load_state_dict(trained.state_dict())
@@ -496,3 +499,30 @@ def test_cached_code_norms_follow_every_change_of_the_codebook():
     assert torch.equal(cb.encode(x), fresh())
     cb.load_state_dict({**cb.state_dict(), "embed": torch.randn(2, 8, 4)})
     assert torch.equal(cb.encode(x), fresh())
+
+
+def test_stream_levels_set_each_streams_codes_per_chunk():
+    """F and FB code one level, the rest two: their level-1 codes are -1, decode to nothing and
+    add nothing to the losses; the other streams are quantised exactly as with uniform levels."""
+    per_stream = {"F": 1, "LH": 2, "RH": 2, "B": 2, "FB": 1}
+    torch.manual_seed(0)
+    z = torch.randn(64, S, 8) * 2
+    mixed = fit(MultiStreamRVQ(8, rvq_cfg(levels=2, stream_levels=per_stream)), z, 3).eval()
+    uniform = MultiStreamRVQ(8, rvq_cfg(levels=2))
+    uniform.load_state_dict(mixed.state_dict())
+    uniform.eval()
+    codes, full, res = mixed.encode(z), uniform.encode(z), mixed(z)
+    assert torch.equal(codes, res.codes)
+    assert torch.equal(mixed.decode(codes), res.quantized)
+    for s, name in enumerate(kp.STREAM_NAMES):
+        if per_stream[name] == 1:
+            assert (codes[:, s, 1] == -1).all() and torch.equal(codes[:, s, 0], full[:, s, 0])
+            torch.testing.assert_close(res.quantized[:, s], uniform.decode(full[..., :1])[:, s])
+        else:
+            assert torch.equal(codes[:, s], full[:, s])
+    assert rvq_cfg(levels=2, stream_levels=per_stream).codes_per_chunk == 8
+    # a stream's level past its cap pulls nothing: the commitment averages the levels it codes
+    train = fit(MultiStreamRVQ(8, rvq_cfg(levels=2, stream_levels=per_stream)), z, 1).train()
+    out = train(z)
+    first = train.rvq.levels[0](train._groups(z))[2]
+    torch.testing.assert_close(out.commit_loss[0], first[0])

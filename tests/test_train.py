@@ -27,7 +27,8 @@ def test_run_folder_has_everything(tiny_run):
         assert r["ranks_agree"] is True
         assert {"recon/F", "temporal/LH", "commit/RH", "usage/B"} <= set(r["train"])
         assert set(r["val"]["mpjpe_px"]) == {"F", "LH", "RH", "B", "FB"}
-        assert set(r["codebook"]["F"]) == {"l0", "l1"}  # codebook_every=1 in tiny.yaml
+        assert set(r["codebook"]["LH"]) == {"l0", "l1"}  # codebook_every=1 in tiny.yaml
+        assert set(r["codebook"]["F"]) == {"l0"}  # the face codes one level
 
 
 def test_checkpoint_holds_the_resumable_state(tiny_checkpoint):

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from src.config import DataConfig
 from src.data import keypoints as kp
-from src.data.pose import CleanPose, chunk, clean, normalise, stream_centres, unit_length
+from src.data.pose import CleanPose, chunk, clean, normalise, rotate, stream_centres, unit_length, upright_angle
 from src.data.source import DataError, PoseSource, read_json, scan_split, split_names
 from src.data.transforms import keypoint_dropout, mirror, random_crop, time_warp
 
@@ -22,8 +22,9 @@ def make_sample(raw: np.ndarray, cfg: DataConfig, rng: np.random.Generator | Non
     """One raw ``[T, 134, 3]`` sequence -> chunked local coordinates and masks.
 
     ``rng`` switches the training augmentations on (each also switchable in ``cfg``).
-    Returns ``x`` (C, L, 254, 2), ``conf`` (C, L, 254), ``frame_mask`` (C, L),
-    ``centres`` (C, L, 5, 2) in pixels and the ``unit`` in pixels.
+    Returns ``x`` (C, L, P, 2), ``conf`` (C, L, P) with P = 242 stream points, ``frame_mask`` (C, L),
+    ``centres`` (C, L, 5, 2) in pixels of the upright picture, the ``unit`` in pixels and
+    the ``angle`` (radians) that turns the upright picture back into the input's.
     """
     aug = cfg.augment
     if rng is not None:
@@ -31,13 +32,15 @@ def make_sample(raw: np.ndarray, cfg: DataConfig, rng: np.random.Generator | Non
     pose = clean(raw, cfg.conf_thresh, cfg.source_fps, cfg.fps, cfg.lowpass_sigma)
     unit = unit_length(pose.xy, pose.conf)
     if unit is None:
-        raise DataError("no unit length: neither eyelids, eyes, ears nor shoulders are visible")
+        raise DataError("no unit length: neither shoulders, eyelids, eyes nor ears are visible")
+    angle = upright_angle(pose.xy, pose.conf)
+    pose = CleanPose(rotate(pose.xy, -angle, pose.size), pose.conf, pose.size)
     keep = random_crop(pose.xy.shape[0], cfg.max_frames, rng)
     pose = CleanPose(pose.xy[keep], pose.conf[keep], pose.size)
     if rng is not None and aug.time_warp:
         pose = time_warp(pose, rng, aug.time_warp_max)
     if rng is not None and aug.mirror and rng.random() < aug.mirror_prob:
-        pose = mirror(pose)
+        pose, angle = mirror(pose), -angle
     centres = stream_centres(pose.xy, pose.conf, pose.size)
     x, frame_mask = chunk(normalise(pose.xy, centres, unit), cfg.chunk_len)
     conf, _ = chunk(pose.conf[:, kp.STREAM_ROWS], cfg.chunk_len)
@@ -47,6 +50,7 @@ def make_sample(raw: np.ndarray, cfg: DataConfig, rng: np.random.Generator | Non
         "frame_mask": frame_mask,
         "centres": chunk(centres, cfg.chunk_len)[0],
         "unit": np.float32(unit),
+        "angle": np.float32(angle),
         "num_frames": pose.xy.shape[0],
         "size": np.array(pose.size, dtype=np.float32),
     }
@@ -92,7 +96,7 @@ class PoseDataset(Dataset):
 
 @dataclass
 class Batch:
-    """Padded batch. B sequences, C chunks (padded to the longest), L frames, P=254 points."""
+    """Padded batch. B sequences, C chunks (padded to the longest), L frames, P=242 stream points."""
 
     x: torch.Tensor            # (B, C, L, P, 2) local coordinates in units
     conf: torch.Tensor         # (B, C, L, P) bool, observed keypoints of real frames

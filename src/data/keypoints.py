@@ -14,6 +14,7 @@ NUM_ROWS = 134  # size row + 133 keypoints
 SIZE_ROW = 0
 
 BODY = range(1, 18)        # nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles
+UPPER_BODY = range(1, 12)  # nose, eyes, ears, shoulders, elbows, wrists: what the body stream codes
 FEET = range(18, 24)       # not used for sign language
 FACE = range(24, 92)       # 68 iBUG landmarks, jaw first
 LEFT_HAND = range(92, 113)   # signer's own left, wrist first
@@ -27,35 +28,41 @@ L_HIP, R_HIP = 12, 13
 
 @dataclass(frozen=True)
 class Stream:
-    """One token stream: which rows it holds and the row its local frame is centred on.
+    """One token stream: which rows it holds and the rows its local frame is centred on.
 
-    ``centre`` is a row index, or ``None`` for a per-sequence anchor (the full body
-    keeps absolute motion: it is centred on the sequence's median shoulder midpoint).
+    The centre is the mean of ``centre`` rows, every frame. Streams code the upper body
+    only: hips, knees and ankles carry no signing, are estimator guesses in sign videos and
+    are often out of frame (docs/design.md).
     """
 
     name: str
     id_prefix: str
     rows: tuple[int, ...]
-    centre: int | None
+    centre: tuple[int, ...]
 
     @property
     def num_keypoints(self) -> int:
         return len(self.rows)
 
 
+# Frames of reference: body and full body on the shoulder midpoint (the nose moved the whole
+# body frame with every nod); the face on its rigid points, the eye corners and the nose
+# bridge (the chin moved it with the mouth); each hand on its wrist.
+SHOULDERS = (L_SHOULDER, R_SHOULDER)
+FACE_RIGID = (60, 63, 66, 69, 51, 52, 53, 54)  # landmarks 37, 40, 43, 46 (eye corners), 28-31 (nose bridge)
 STREAMS: tuple[Stream, ...] = (
-    Stream("F", "c", tuple(FACE), 32),
-    Stream("LH", "a", tuple(LEFT_HAND), 92),
-    Stream("RH", "b", tuple(RIGHT_HAND), 113),
-    Stream("B", "d", tuple(BODY), NOSE),
-    Stream("FB", "e", tuple(BODY) + tuple(FACE) + tuple(LEFT_HAND) + tuple(RIGHT_HAND), None),
+    Stream("F", "c", tuple(FACE), FACE_RIGID),
+    Stream("LH", "a", tuple(LEFT_HAND), (92,)),
+    Stream("RH", "b", tuple(RIGHT_HAND), (113,)),
+    Stream("B", "d", tuple(UPPER_BODY), SHOULDERS),
+    Stream("FB", "e", tuple(UPPER_BODY) + tuple(FACE) + tuple(LEFT_HAND) + tuple(RIGHT_HAND), SHOULDERS),
 )
 STREAM_NAMES: tuple[str, ...] = tuple(s.name for s in STREAMS)
 STREAM_BY_NAME: dict[str, Stream] = {s.name: s for s in STREAMS}
 
 
 def stream_offsets() -> dict[str, slice]:
-    """Slices of each stream in the stream-concatenated keypoint axis (254 points)."""
+    """Slices of each stream in the stream-concatenated keypoint axis (242 points)."""
     out, start = {}, 0
     for s in STREAMS:
         out[s.name] = slice(start, start + s.num_keypoints)
@@ -64,23 +71,25 @@ def stream_offsets() -> dict[str, slice]:
 
 
 STREAM_SLICES = stream_offsets()
-STREAM_ROWS = np.array([r for s in STREAMS for r in s.rows])  # (254,) rows of the concatenated axis
+STREAM_ROWS = np.array([r for s in STREAMS for r in s.rows])  # (242,) rows of the concatenated axis
 NUM_STREAM_POINTS = len(STREAM_ROWS)
 
-# Unit length of normalisation: pairs of rows whose distance is measured per frame.
-# Eyelid = the eye's corner-to-corner width (face landmarks 37-40 and 43-46).
+# Unit length of normalisation: pairs of rows whose distance is measured per frame. The
+# unit is the shoulder width / 10.6, in "eyelid units" as before (10.6 = median shoulder width
+# / eyelid width over the real sample): the eyelid is a few pixels wide and each estimator's
+# face model places its corners differently (one clip through OpenPose and MediaPipe: eyelid
+# 15.9 vs 17.5 px, shoulders 202.9 vs 203.0 px), so it changed the scale with the estimator.
 LEFT_EYELID = (66, 69)
 RIGHT_EYELID = (60, 63)
 EYE_DISTANCE = (L_EYE, R_EYE)
 HEAD_WIDTH = (L_EAR, R_EAR)
 SHOULDER_WIDTH = (L_SHOULDER, R_SHOULDER)
-# Fallbacks are rescaled to eyelid units so that a sequence without a visible face gets
-# the same scale as one with it. Ratios = median length / eyelid width over 140 real
-# recorded signers (relative spread 4-6%).
+SHOULDER_EYELID_RATIO = 10.6
+# When the shoulders are not seen: other lengths, each rescaled by its median ratio to the
+# eyelid width over 140 real recorded signers (relative spread 4-6%).
 UNIT_FALLBACKS: tuple[tuple[tuple[int, int], float], ...] = (
     (EYE_DISTANCE, 2.39),
     (HEAD_WIDTH, 4.38),
-    (SHOULDER_WIDTH, 10.6),
 )
 
 
@@ -157,9 +166,9 @@ LEFT_HAND_BONES = tuple(_hand_bones(LEFT_HAND.start))
 RIGHT_HAND_BONES = tuple(_hand_bones(RIGHT_HAND.start))
 FACE_BONES = tuple(_face_bones())
 
-# Points that count in losses and metrics: each part stream's own centre point is 0 by
-# construction in its local frame, so scoring it would only flatter the model.
+# Points that count in losses and metrics: a stream centred on one of its own points has
+# that point at 0 by construction, so scoring it would only flatter the model.
 SCORED_POINTS = np.ones(NUM_STREAM_POINTS, dtype=bool)
 for _s in STREAMS:
-    if _s.centre is not None:
-        SCORED_POINTS[STREAM_SLICES[_s.name].start + _s.rows.index(_s.centre)] = False
+    if len(_s.centre) == 1:
+        SCORED_POINTS[STREAM_SLICES[_s.name].start + _s.rows.index(_s.centre[0])] = False

@@ -120,12 +120,15 @@ def _median_length(xy: np.ndarray, conf: np.ndarray, pair: tuple[int, int]) -> f
 
 
 def unit_length(xy: np.ndarray, conf: np.ndarray) -> float | None:
-    """Robust per-sequence length unit, in eyelid-width pixels.
+    """Robust per-sequence length unit in pixels: the shoulder width / 10.6 ("eyelid units").
 
-    Mean of the two eyelid widths (median over frames where both ends are observed); when
-    the face is missing, eye distance -> head width -> shoulder width, each rescaled to
-    eyelid units. ``None`` when none is measurable.
+    Median over the frames where both shoulders are observed; without them, the eyelid
+    widths, then eye distance, then head width, each rescaled to the same units (see
+    ``keypoints.UNIT_FALLBACKS``). ``None`` when none is measurable.
     """
+    shoulders = _median_length(xy, conf, kp.SHOULDER_WIDTH)
+    if shoulders is not None:
+        return shoulders / kp.SHOULDER_EYELID_RATIO
     lids = [d for d in (_median_length(xy, conf, kp.LEFT_EYELID),
                         _median_length(xy, conf, kp.RIGHT_EYELID)) if d is not None]
     if lids:
@@ -137,38 +140,48 @@ def unit_length(xy: np.ndarray, conf: np.ndarray) -> float | None:
     return None
 
 
-def stream_centres(xy: np.ndarray, conf: np.ndarray, size: tuple[float, float]) -> np.ndarray:
-    """(T, S, 2) centre of each stream's local frame, in pixels.
+def upright_angle(xy: np.ndarray, conf: np.ndarray) -> float:
+    """The sequence's roll in radians: the median angle of the shoulder line (0 if unseen).
 
-    Part streams follow their centre keypoint frame by frame; the full body is anchored at
-    one point per sequence (median shoulder midpoint), so it keeps the global motion.
+    Rotating by minus this makes the shoulders level, so a tilted camera gives the streams
+    the same local coordinates as a level one. One angle per sequence: a per-frame angle
+    would turn shoulder jitter into a rotation of every point.
     """
-    num_frames = xy.shape[0]
-    centres = np.zeros((num_frames, len(kp.STREAMS), 2), dtype=np.float32)
-    for i, s in enumerate(kp.STREAMS):
-        centres[:, i] = xy[:, s.centre] if s.centre is not None else _body_anchor(xy, conf, size)
-    return centres
-
-
-def _body_anchor(xy: np.ndarray, conf: np.ndarray, size: tuple[float, float]) -> np.ndarray:
     both = conf[:, kp.L_SHOULDER] & conf[:, kp.R_SHOULDER]
-    if both.any():
-        mid = 0.5 * (xy[both, kp.L_SHOULDER] + xy[both, kp.R_SHOULDER])
-        return np.median(mid, axis=0)
-    body = conf[:, list(kp.BODY)]
-    if body.any():
-        return np.median(xy[:, list(kp.BODY)][body], axis=0)
-    return np.array([size[0] / 2, size[1] / 2], dtype=np.float32)
+    if not both.any():
+        return 0.0
+    d = xy[both, kp.L_SHOULDER] - xy[both, kp.R_SHOULDER]  # the signer's left is on the image right
+    return float(np.median(np.arctan2(d[:, 1], d[:, 0])))
+
+
+def rotate(xy: np.ndarray, angle: float, size: tuple[float, float]) -> np.ndarray:
+    """Rotate pixel points (..., 2) by ``angle`` radians about the frame centre."""
+    if angle == 0.0:
+        return xy
+    c, s = np.cos(angle), np.sin(angle)
+    centre = np.array([size[0] / 2, size[1] / 2], dtype=np.float32)
+    rot = np.array([[c, s], [-s, c]], dtype=np.float32)  # row vectors: p @ rot rotates by +angle
+    return ((xy - centre) @ rot + centre).astype(np.float32)
+
+
+def stream_centres(xy: np.ndarray, conf: np.ndarray | None = None,
+                   size: tuple[float, float] | None = None) -> np.ndarray:
+    """(T, S, 2) centre of each stream's local frame, in pixels: the mean of its centre rows.
+
+    Every frame: the streams code pose, not where the signer stands in the picture (camera
+    framing). The centres are side information, kept to map back to pixels.
+    """
+    return np.stack([xy[:, list(s.centre)].mean(axis=1) for s in kp.STREAMS], axis=1).astype(np.float32)
 
 
 def _per_point_centres(centres: np.ndarray) -> np.ndarray:
-    """(T, S, 2) -> (T, 254, 2): each concatenated stream point gets its stream's centre."""
+    """(T, S, 2) -> (T, P, 2): each concatenated stream point gets its stream's centre."""
     counts = [s.num_keypoints for s in kp.STREAMS]
     return np.repeat(centres, counts, axis=1)
 
 
 def normalise(xy: np.ndarray, centres: np.ndarray, unit: float) -> np.ndarray:
-    """Pixels (T, 134, 2) -> stream-concatenated local coordinates (T, 254, 2) in units."""
+    """Pixels (T, 134, 2) -> stream-concatenated local coordinates (T, P, 2) in units."""
     # take + in-place arithmetic: one fresh array instead of three (fresh pages are costly)
     out = np.take(xy, kp.STREAM_ROWS, axis=1).astype(np.float32, copy=False)
     out -= _per_point_centres(centres)
@@ -177,12 +190,12 @@ def normalise(xy: np.ndarray, centres: np.ndarray, unit: float) -> np.ndarray:
 
 
 def denormalise(x: np.ndarray, centres: np.ndarray, unit: float) -> np.ndarray:
-    """Inverse of :func:`normalise`: (..., T, 254, 2) local units -> pixels."""
+    """Inverse of :func:`normalise`: (..., T, P, 2) local units -> pixels."""
     return x * unit + _per_point_centres(centres)
 
 
 def to_rows(points: np.ndarray, stream: str = "parts") -> np.ndarray:
-    """Stream-concatenated pixels (T, 254, 2) -> file layout (T, 134, 2), feet and size row 0.
+    """Stream-concatenated pixels (T, P, 2) -> file layout (T, 134, 2), feet and size row 0.
 
     ``stream="parts"`` takes body, face and hands from their own streams (the sharper
     reconstruction); ``"FB"`` takes every row from the full-body stream.

@@ -38,8 +38,9 @@ def first_level_min(health: dict[str, dict], key: str) -> float:
 
 
 def code_counts(codes: np.ndarray, codebook_size: int) -> np.ndarray:
-    """codes (N, S, levels) -> counts (S, levels, K)."""
+    """codes (N, S, levels) -> counts (S, levels, K); id -1 (a level a stream does not code) is left out."""
     n, s, levels = codes.shape
     flat = codes.reshape(n, s * levels).T + (np.arange(s * levels) * codebook_size)[:, None]
+    flat = flat[codes.reshape(n, s * levels).T >= 0]
     counts = np.bincount(flat.ravel(), minlength=s * levels * codebook_size)
     return counts.reshape(s, levels, codebook_size)

@@ -119,8 +119,8 @@ class Evaluator:
             out["oracle_chunk_linear_px"] = self._per_stream("oracle_chunk_linear_px")
             out["temporal"] = self._temporal()
             tokens, codes = self.sums["rle_tokens"][:, 0].tolist()
-            levels = self.counts.shape[1]
-            out["tokens"] = {"codes_per_chunk": levels * S, "tokens_per_chunk_rle": tokens / max(self.num_chunks, 1),
+            out["tokens"] = {"codes_per_chunk": codes / max(self.num_chunks, 1),
+                             "tokens_per_chunk_rle": tokens / max(self.num_chunks, 1),
                              "rle_compression": 1 - tokens / max(codes, 1)}
         return out
 
@@ -147,7 +147,7 @@ class Evaluator:
         health = {}
         for s, name in enumerate(kp.STREAM_NAMES):
             health[name] = {}
-            for j in range(self.counts.shape[1]):
+            for j in range(self.cfg.model.rvq.stream_codes(name)):
                 unused = dead_after = None
                 if model is not None:
                     cb = model.quantizer.codebook(name, j)

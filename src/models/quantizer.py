@@ -120,8 +120,8 @@ class Codebook(nn.Module):
         return torch.baddbmm(norms, self.embed, x.transpose(1, 2), alpha=-2).argmin(1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """(G, N) code ids -> (G, N, D) codewords."""
-        return _lookup(self.embed, codes)
+        """(G, N) code ids -> (G, N, D) codewords; id -1 (a level the group does not code) gives 0."""
+        return _lookup(self.embed, codes.clamp_min(0)) * (codes >= 0)[..., None].to(self.embed.dtype)
 
     def forward(self, x: torch.Tensor, active: torch.Tensor | None = None):
         """Quantise ``x`` (G, N, D); returns (codewords (detached), codes, commitment (G,), usage KL (G,)).
@@ -229,14 +229,20 @@ class QuantizedResult:
 
 
 class ResidualQuantizer(nn.Module):
-    """Levels of codebooks, each quantising what the previous ones left over."""
+    """Levels of codebooks, each quantising what the previous ones left over.
 
-    def __init__(self, dim: int, cfg: RVQConfig, groups: int = 1):
+    ``group_levels`` (G,) caps the levels of each group: past its cap a group's codeword is
+    0, its code is -1 and it adds nothing to the losses (a stream coded at a lower rate).
+    """
+
+    def __init__(self, dim: int, cfg: RVQConfig, groups: int = 1, group_levels: list[int] | None = None):
         super().__init__()
         if cfg.distance not in ("euclidean", "cosine"):
             raise ValueError(f"model.rvq.distance must be euclidean or cosine, got {cfg.distance!r}")
         self.cosine = cfg.distance == "cosine"
         self.levels = nn.ModuleList(Codebook(dim, cfg, groups) for _ in range(cfg.levels))
+        caps = torch.tensor(group_levels if group_levels is not None else [cfg.levels] * groups)
+        self.register_buffer("group_levels", caps.clamp(1, cfg.levels), persistent=False)
 
     def prepare(self, z: torch.Tensor) -> torch.Tensor:
         # Cosine mode puts the latent on the unit sphere; residual levels stay euclidean.
@@ -257,20 +263,25 @@ class ResidualQuantizer(nn.Module):
             q, c, commit, usage = level(residual, active)
             if active is not None:
                 q = q * active[None, :, None].to(q.dtype)
+            on = self.group_levels > i
+            if not bool(on.all()):
+                q, c = q * on[:, None, None].to(q.dtype), torch.where(on[:, None], c, -1)
+                commit, usage = commit * on, usage * on
             residual = residual - q
             out = out + q
             codes.append(c)
             commits.append(commit)
             usages.append(usage)
+        depth = self.group_levels.to(x.dtype)
         return QuantizedResult(out + (x - x.detach()), torch.stack(codes, -1),
-                               torch.stack(commits).mean(0), torch.stack(usages).mean(0))
+                               torch.stack(commits).sum(0) / depth, torch.stack(usages).sum(0) / depth)
 
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z (G, N, D) -> codes (G, N, levels); the export and streaming path."""
         residual, codes = self.prepare(z), []
-        for level in self.levels:
-            codes.append(level.encode(residual))
+        for i, level in enumerate(self.levels):
+            codes.append(torch.where((self.group_levels > i)[:, None], level.encode(residual), -1))
             residual = residual - level.decode(codes[-1])
         return torch.stack(codes, -1)
 
@@ -286,6 +297,8 @@ class ResidualQuantizer(nn.Module):
 class MultiStreamRVQ(nn.Module):
     """A residual quantiser whose groups are the five streams (own codebooks, own id space).
 
+    Each stream codes ``cfg.stream_levels[stream]`` levels; its codes past those are -1.
+
     With ``splits`` > 1 each stream's latent is cut into that many parts, each quantised by
     codebooks of its own (a product of residual quantisers): group ``s * splits + p`` holds
     part p of stream s. A stream's codes are level-major, code ``level * splits + p``, so the
@@ -298,7 +311,8 @@ class MultiStreamRVQ(nn.Module):
             raise ValueError(f"model.rvq.splits must be >= 1 and divide model.latent_dim={dim}, got {cfg.splits}")
         self.num_levels, self.codebook_size, self.splits = cfg.levels, cfg.codebook_size, cfg.splits
         self.codes_per_stream = cfg.codes_per_stream
-        self.rvq = ResidualQuantizer(dim // cfg.splits, cfg, groups=len(kp.STREAMS) * cfg.splits)
+        levels = [cfg.stream_codes(name) // cfg.splits for name in kp.STREAM_NAMES for _ in range(cfg.splits)]
+        self.rvq = ResidualQuantizer(dim // cfg.splits, cfg, len(kp.STREAMS) * cfg.splits, levels)
 
     def codebook(self, stream: str, code: int) -> dict[str, torch.Tensor]:
         """The buffers (views) behind one of a stream's codes per chunk, e.g. for health reports."""

@@ -80,7 +80,7 @@ class ExportStats:
     """Token counts over the exported sequences (time tokens not counted)."""
 
     split: str
-    codes_per_stream: int          # per chunk, when no level is dropped
+    codes_per_chunk: int           # over all streams, when no level is dropped
     rle: str                       # "lossless", "thresholded <x>" or "off"
     adaptive_depth: str            # "off" or "threshold <x>"
     attempted: int = 0
@@ -118,7 +118,7 @@ class ExportStats:
             f"({self.success_rate:.1%}), {self.chunks} chunks",
             f"tokens per chunk: {self.per_chunk(self.codes):.2f} before RLE, {self.per_chunk(self.tokens):.2f} "
             f"after (compression {self.compression:.1%}, {ratio}; RLE {self.rle})",
-            f"codes per chunk: {self.per_chunk(self.codes):.2f} of {self.codes_per_stream * len(STREAM_NAMES)} "
+            f"codes per chunk: {self.per_chunk(self.codes):.2f} of {self.codes_per_chunk} "
             f"(per stream: {streams}; adaptive depth {self.adaptive_depth})",
         ]
 
@@ -138,14 +138,16 @@ def _new_stats(cfg: Config, split: str) -> ExportStats:
     ex = cfg.export
     rle = "off" if not ex.enable_rle else f"thresholded {ex.rle_threshold:g}" if ex.rle_threshold > 0 else "lossless"
     depth = f"threshold {ex.depth_threshold:g}" if ex.adaptive_depth else "off"
-    return ExportStats(split, cfg.model.rvq.codes_per_stream, rle, depth)
+    return ExportStats(split, cfg.model.rvq.codes_per_chunk, rle, depth)
 
 
 def _meta(cfg: Config, split: str, checkpoint: str) -> dict:
     ex = cfg.export
     # With split latents a stream's codes per chunk are level-major: code j is level
     # j // splits of part j % splits (num_levels counts codes, not levels).
-    return {"checkpoint": checkpoint, "split": split, "splits": cfg.model.rvq.splits,
+    rvq = cfg.model.rvq
+    return {"checkpoint": checkpoint, "split": split, "splits": rvq.splits,
+            "codes_per_stream": {name: rvq.stream_codes(name) for name in STREAM_NAMES},
             "adaptive_depth": ex.adaptive_depth,
             "depth_threshold": ex.depth_threshold if ex.adaptive_depth else None,
             "rle_threshold": ex.rle_threshold, "max_run": ex.max_run, "precision": ex.precision}

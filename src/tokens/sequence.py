@@ -27,10 +27,13 @@ class TokenSettings:
 
 
 def codes_to_streams(codes: np.ndarray, depths: np.ndarray | None = None) -> dict[str, list[list[int]]]:
-    """codes (C, S, levels) -> {stream: per chunk, its codes}; ``depths`` (C, S) keeps the first k levels."""
+    """codes (C, S, levels) -> {stream: per chunk, its codes}; ``depths`` (C, S) keeps the first k levels.
+
+    Ids of -1 (levels a stream does not code) are dropped.
+    """
     out = {}
     for s, name in enumerate(STREAM_NAMES):
-        col = codes[:, s].tolist()
+        col = [[c for c in row if c >= 0] for row in codes[:, s].tolist()]
         out[name] = col if depths is None else [c[:int(k)] for c, k in zip(col, depths[:, s])]
     return out
 

@@ -61,7 +61,11 @@ def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]
     if missing or unexpected or shapes:
         parts = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
                  f"shape mismatch {shapes[:5]}" if shapes else ""]
-        raise CheckpointError(f"{path}: model does not match the checkpoint: " + "; ".join(p for p in parts if p))
+        hint = ("; it was made with the earlier frames of reference (254 stream points: nose-centred body, "
+                "hips and legs coded), which this version no longer reads: retrain it"
+                if "point_mean" in state_dict and state_dict["point_mean"].shape[0] == 254 else "")
+        raise CheckpointError(f"{path}: model does not match the checkpoint: "
+                              + "; ".join(p for p in parts if p) + hint)
     model.load_state_dict(state_dict)
 
 
