@@ -68,6 +68,17 @@ class SignTokenizer(nn.Module):
         """x (N, L, P, 2), observed (N, L, P) -> codes (N, S, levels)."""
         return self.quantizer.encode(self.encode_latent(x, observed))
 
+    @torch.no_grad()
+    def step(self, x: torch.Tensor, observed: torch.Tensor,
+             context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One new chunk per row, causally: its codes (N, S, levels) and decoded poses (N, L, P, 2).
+
+        ``context`` (N, P, 2) is the decoded last frame of each row's previous chunk (None for
+        a sequence's first chunk): what a streaming tokenizer keeps between chunks.
+        """
+        codes = self.encode(x, observed)
+        return codes, self.decode(self.decode_codes(codes))
+
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (N, S, levels) -> quantized latents (N, S, D); fewer levels decode coarser."""
         return self.quantizer.decode(codes)
