@@ -99,6 +99,9 @@ class ModelConfig:
     #                                  transformer (added to the latent and to the decoded pose)
     stitch: bool = True              # decode sequences with chunk borders stitched (src/models/stitch.py); losses score that
     stats_sequences: int = 1000      # training sequences read for the per-point mean/std standardisation
+    context: str = "none"            # none | previous: code each chunk from the previous chunk's decoded
+    #                                  last frame (causal predictive coding, src/models/tokenizer.py)
+    context_passes: int = 3          # training passes of a context model (errors of passes - 1 chunks seen)
     rvq: RVQConfig = field(default_factory=RVQConfig)
 
 

@@ -56,8 +56,8 @@ def tokenize(model: SignTokenizer, samples: list[dict], device: str | torch.devi
     batch = collate(samples).to(device)
     x, conf = batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask]
     with precision_context(device, precision):
-        codes, residuals = model.quantizer.encode_with_residuals(model.encode_latent(x, conf))
-        recon = model.decode(model.decode_codes(codes)).float()
+        codes, residuals, recon = model.tokenize(x, conf, batch.chunk_mask)
+        recon = recon.float()
         if model.cfg.stitch:
             recon = stitch_chunks(recon, batch.chunk_mask)
     out, start = [], 0

@@ -184,7 +184,7 @@ def evaluate(model: SignTokenizer, loader, cfg: Config, device: torch.device, fu
         x, conf = batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask]
         start = time.perf_counter()
         with autocast(device, cfg):
-            out = model(x, conf)
+            out = model(x, conf, batch.chunk_mask)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         latencies.append(time.perf_counter() - start)

@@ -28,8 +28,11 @@ class ChunkDecoder(nn.Module):
             {s.name: nn.Linear(cfg.latent_dim, 2 * chunk_len * s.num_keypoints) for s in kp.STREAMS}
         ) if cfg.linear_path else None
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """z (N, S, latent_dim) -> poses (N, L, P, 2), standardised like the encoder input."""
+    def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """z (N, S, latent_dim) -> poses (N, L, P, 2), standardised like the encoder input.
+
+        ``cond`` (N, S, width), added to every frame token: the temporal context, if any.
+        """
         n, s, _ = z.shape
         parts = []
         for kind, zg in zip(self.pools.kinds, self.pools.split(z)):
@@ -37,6 +40,8 @@ class ChunkDecoder(nn.Module):
             parts.append(h.view(n, zg.shape[1], self.chunk_len, -1) if kind == "flatten"  # L distinct tokens
                          else h[:, :, None, :].expand(-1, -1, self.chunk_len, -1))        # the same for every frame
         h = self.embed(self.pools.join(parts))                                             # (N, S, L, in_width)
+        if cond is not None:
+            h = h + cond[:, :, None, :]
         h = self.transformer(h.reshape(n * s, self.chunk_len, -1)).view(n, s, self.chunk_len, -1)
         parts = [self.heads[name](h[:, i]).view(n, self.chunk_len, -1, 2)
                  for i, name in enumerate(kp.STREAM_SLICES)]

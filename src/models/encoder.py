@@ -34,13 +34,18 @@ class ChunkEncoder(nn.Module):
             {s.name: nn.Linear(2 * chunk_len * s.num_keypoints, cfg.latent_dim) for s in kp.STREAMS}
         ) if cfg.linear_path else None
 
-    def forward(self, x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
-        """x (N, L, P, 2) standardised coordinates, observed (N, L, P) bool -> z (N, S, latent_dim)."""
+    def forward(self, x: torch.Tensor, observed: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """x (N, L, P, 2) standardised coordinates, observed (N, L, P) bool -> z (N, S, latent_dim).
+
+        ``cond`` (N, S, width), added to every frame token: the temporal context, if any.
+        """
         n, length = x.shape[:2]
         feats = torch.cat([x, observed[..., None].to(x.dtype)], dim=-1)  # (N, L, P, 3)
         h = torch.stack([self.inputs[name](feats[:, :, sl].flatten(2))
                          for name, sl in kp.STREAM_SLICES.items()], dim=1)  # (N, S, L, in_width)
         h = self.embed(h)
+        if cond is not None:
+            h = h + cond[:, :, None, :]
         s, width = h.shape[1], h.shape[-1]
         h = self.transformer(h.reshape(n * s, length, width)).view(n, s, length, width)
         z = self.pools.join([self.out[kind](self._pool(kind, g))

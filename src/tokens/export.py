@@ -158,8 +158,10 @@ def tokenized_record(tok: Tokenized, cfg: Config, meta: dict, text: str | None =
     """One tokenized sequence -> its validated record, token counts and depths (C, S)."""
     ex, settings = cfg.export, token_settings(cfg)
     # Depths count codes: adaptive depth keeps whole levels, i.e. splits codes per level.
-    depths = (adaptive_depths(tok.residuals, ex.depth_threshold) * cfg.model.rvq.splits if ex.adaptive_depth
-              else np.full(tok.codes.shape[:2], tok.codes.shape[-1], dtype=np.int64))
+    own = np.array([cfg.model.rvq.stream_codes(name) for name in STREAM_NAMES])
+    depths = np.broadcast_to(own, tok.codes.shape[:2]).copy()
+    if ex.adaptive_depth:
+        depths = np.minimum(depths, adaptive_depths(tok.residuals, ex.depth_threshold) * cfg.model.rvq.splits)
     unchanged = None
     if ex.enable_rle and ex.rle_threshold > 0:
         kept = codes_to_streams(tok.codes, depths)

@@ -86,7 +86,7 @@ def train_step(forward_model: torch.nn.Module, model: torch.nn.Module, optimizer
     x, conf = batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask]
     device = x.device
     with autocast(device, cfg):
-        out = forward_model(x, conf)
+        out = forward_model(x, conf, batch.chunk_mask)
         losses = compute_losses(out, x, conf, batch.chunk_mask, cfg.loss, cfg.model.rvq.commitment_beta,
                                 cfg.model.stitch)
     if check is not None:
@@ -129,9 +129,9 @@ class Trainer:
         if state is not None:
             self._restore(state, resume)
         else:
-            mean, std = pose_statistics(self.train_set.source, self.train_set.names, cfg.data,
-                                        cfg.model.stats_sequences)
-            self.model.set_standardisation(torch.from_numpy(mean), torch.from_numpy(std))
+            mean, std, delta_std = pose_statistics(self.train_set.source, self.train_set.names, cfg.data,
+                                                   cfg.model.stats_sequences)
+            self.model.set_standardisation(*(torch.from_numpy(a) for a in (mean, std, delta_std)))
         if cfg.train.compile:
             # Encoder and decoder only, compiled in place (state-dict keys unchanged). The
             # quantiser updates its buffers in place and talks to other ranks: left eager.
@@ -331,7 +331,8 @@ class Trainer:
         names = self.val_set.names[:self.cfg.train.num_token_samples]
         batch = collate([self.val_set[i] for i in range(len(names))]).to(self.device)
         self.model.eval()
-        codes = self.model.encode(batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask]).cpu().numpy()
+        codes = self.model.tokenize(batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask],
+                                    batch.chunk_mask)[0].cpu().numpy()
         self.model.train()
         settings = TokenSettings(self.cfg.data.fps, self.cfg.data.chunk_len, self.cfg.model.rvq.codebook_size,
                                  self.cfg.model.rvq.codes_per_stream, max_run=self.cfg.export.max_run)
