@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from src.config import Config
+from src.config import Config, ConfigError
 from src.data import keypoints as kp
 from src.data.dataset import collate
 from src.data.pose import denormalise, rotate, to_rows
@@ -20,13 +20,34 @@ from src.models.tokenizer import SignTokenizer
 from src.train.checkpoint import config_from_checkpoint, load_checkpoint, load_model_state
 
 
-def load_tokenizer(path: str | Path, device: str | torch.device = "cpu") -> tuple[SignTokenizer, Config]:
-    """Rebuild the model from the config stored in the checkpoint; eval mode."""
+def load_tokenizer(path: str | Path, device: str | torch.device = "cpu",
+                   stream_levels: dict[str, int] | None = None) -> tuple[SignTokenizer, Config]:
+    """Rebuild the model from the config stored in the checkpoint; eval mode.
+
+    ``stream_levels`` lowers the residual levels some streams code (a lower rate from the same
+    weights, e.g. for a rate-distortion curve); it cannot add levels the model never trained.
+    """
     state = load_checkpoint(path, device)
     cfg = config_from_checkpoint(state, path)
+    for name, levels in (stream_levels or {}).items():
+        trained = cfg.model.rvq.stream_levels.get(name)
+        if trained is None or not 1 <= levels <= min(trained, cfg.model.rvq.levels):
+            raise ConfigError(f"{path}: stream {name} can code 1..{trained} levels, not {levels}")
+        cfg.model.rvq.stream_levels[name] = levels
     model = SignTokenizer(cfg.model, cfg.data.chunk_len)
     load_model_state(model, state["model"], path)
     return model.to(device).eval(), cfg
+
+
+def parse_levels(text: str) -> dict[str, int]:
+    """``"F=1,LH=2"`` -> ``{"F": 1, "LH": 2}`` (streams named as in the tokens)."""
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, value = item.partition("=")
+        if name not in kp.STREAM_NAMES or not value.strip().isdigit():
+            raise ConfigError(f"--levels: expected STREAM=N with STREAM in {', '.join(kp.STREAM_NAMES)}, got {item!r}")
+        out[name] = int(value)
+    return out
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 
 from src.commands.infer import export_tokens as export_cmd
 from src.commands.viz import recon as recon_cmd
@@ -21,7 +22,7 @@ from src.config import ConfigError
 from src.data.dataset import PoseDataset
 from src.data import keypoints as kp
 from src.data.keypoints import SCORED_POINTS, STREAM_NAMES, STREAM_SLICES
-from src.inference import load_tokenizer
+from src.inference import load_tokenizer, parse_levels
 from src.tokens import SEP, count_codes, count_tokens, read_jsonl, rle_decode, template_to_entries, validate_record
 from src.tokens.export import export_config, export_tokens, llm_paths
 from src.tokens.select import adaptive_depths, unchanged_chunks
@@ -332,3 +333,17 @@ def test_viz_tokens_from_file_and_checkpoint(tiny_checkpoint, root, lossless, tm
     assert all((c.sum(1)[:1] == 6).all() and c.sum() in (6, 12) for c in seen["counts"].values())
     assert "exported 1/1 sequences" in capsys.readouterr().out
     assert tokens_cmd.main(["--tokens", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "c")]) == 2
+
+
+def test_load_tokenizer_codes_fewer_levels_on_request(tiny_checkpoint):
+    """A lower rate from the same weights (the rate-distortion report's points): streams
+    asked for one level emit one code; more levels than trained is a one-line error."""
+    model, cfg = load_tokenizer(tiny_checkpoint, stream_levels=parse_levels("LH=1,B=1"))
+    assert cfg.model.rvq.stream_codes("LH") == 1 and cfg.model.rvq.stream_codes("RH") == 2
+    x = torch.zeros(3, 10, kp.NUM_STREAM_POINTS, 2)
+    codes = model.encode(x, torch.ones(x.shape[:3], dtype=torch.bool))
+    assert (codes[:, STREAM_NAMES.index("LH"), 1] == -1).all() and (codes[:, STREAM_NAMES.index("RH")] >= 0).all()
+    with pytest.raises(ConfigError, match="stream LH can code 1..2 levels, not 3"):
+        load_tokenizer(tiny_checkpoint, stream_levels={"LH": 3})
+    with pytest.raises(ConfigError, match="--levels"):
+        parse_levels("XX=1")

@@ -16,11 +16,16 @@ from src.metrics.evaluate import evaluate
 PARTS = ("F", "LH", "RH", "B")
 
 
-def checks(result: dict, health: dict, codebook_size: int, jump_limit: float = 1.5,
-           oracle_gain: float = 0.3) -> dict:
+# How far under its exact chunk-mean oracle each part stream must be: face and body at most
+# the oracle (a code that does no better than "the chunk's mean pose" carries no motion),
+# the hands, whose shapes change within a chunk, 30% under it.
+ORACLE_GAIN = {"F": 0.0, "LH": 0.3, "RH": 0.3, "B": 0.0}
+
+
+def checks(result: dict, health: dict, codebook_size: int, jump_limit: float = 1.5) -> dict:
     """Pass/fail of the quality targets, each with the figures it compares.
 
-    - every part stream at least ``oracle_gain`` (30%) better than the chunk-mean oracle;
+    - every part stream at most (1 - ``ORACLE_GAIN``) x its chunk-mean oracle;
     - no collapse: each stream's level-0 codebook (each part's, with split latents) uses at
       least min(30% of the chunks, 30% of the codebook) distinct codes;
     - chunk-border jumps of the reconstruction at most ``jump_limit`` x the ground truth's
@@ -28,9 +33,8 @@ def checks(result: dict, health: dict, codebook_size: int, jump_limit: float = 1
     """
     out = {}
     for s in PARTS:
-        model, oracle = result["mpjpe_px"][s], result["oracle_chunk_mean_px"][s]
-        out[f"mpjpe_{s}_vs_mean_oracle"] = {"model_px": model, "limit_px": (1 - oracle_gain) * oracle,
-                                           "pass": model <= (1 - oracle_gain) * oracle}
+        model, limit = result["mpjpe_px"][s], (1 - ORACLE_GAIN[s]) * result["oracle_chunk_mean_px"][s]
+        out[f"mpjpe_{s}_vs_mean_oracle"] = {"model_px": model, "limit_px": limit, "pass": model <= limit}
     need = int(np.ceil(min(0.3 * result["num_chunks"], 0.3 * codebook_size)))
     for s in kp.STREAM_NAMES:
         used = first_level_min(health[s], "used")
@@ -53,18 +57,18 @@ def table(report: dict) -> str:
             ("  chunkwise, unstitched",) + _cells(r["temporal"]["jump_ratio_chunkwise"]),
             ("chunk change rec p50",) + _cells({k: v["p50"] for k, v in r["temporal"]["chunk_change_rec_px"].items()}),
             ("chunk change GT p50",) + _cells({k: v["p50"] for k, v in r["temporal"]["chunk_change_gt_px"].items()})]
-    for level in report["codebook"][kp.STREAM_NAMES[0]]:
-        rows.append((f"usage % {level}",) + tuple(f"{100 * report['codebook'][s][level]['usage']:.1f}"
-                                                  for s in kp.STREAM_NAMES))
-        rows.append((f"perplexity {level}",) + tuple(f"{report['codebook'][s][level]['perplexity']:.1f}"
-                                                     for s in kp.STREAM_NAMES))
+    health = report["codebook"]
+    for level in dict.fromkeys(label for s in kp.STREAM_NAMES for label in health[s]):  # streams code different levels
+        for key, label, scale in (("usage", "usage %", 100), ("perplexity", "perplexity", 1)):
+            rows.append((f"{label} {level}",) + tuple(
+                f"{scale * health[s][level][key]:.1f}" if level in health[s] else "-" for s in kp.STREAM_NAMES))
     width = max(len(row[0]) for row in rows)
     lines = ["  ".join([row[0].ljust(width)] + [c.rjust(8) for c in row[1:]]) for row in rows]
     loss, tok, eff = r["loss"], r["tokens"], report["efficiency"]
     lines += [f"split {report['split']}: {r['num_sequences']} sequences, {r['num_chunks']} chunks",
               f"huber recon (weighted) {loss['recon']:.4f}; per stream "
               + " ".join(f"{s} {loss['recon/' + s]:.4f}" for s in kp.STREAM_NAMES),
-              f"codes per chunk {tok['codes_per_chunk']}, tokens per chunk after RLE "
+              f"codes per chunk {tok['codes_per_chunk']:.2f}, tokens per chunk after RLE "
               f"{tok['tokens_per_chunk_rle']:.2f} (compression {100 * tok['rle_compression']:.1f}%)",
               f"speed {eff['sequences_per_s']:.1f} seq/s, {eff['chunks_per_s']:.0f} chunks/s, "
               f"batch latency p50 {eff['batch_latency_ms_p50']:.1f} ms, peak memory {eff['peak_memory_mb']:.0f} MB "

@@ -13,16 +13,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the report as JSON here")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--levels", default="",
+                   help="code fewer residual levels than trained, e.g. F=1,LH=1 (a lower rate from the same weights)")
     args = p.parse_args(argv)
 
     def body() -> int:
-        from src.inference import load_tokenizer
+        from src.inference import load_tokenizer, parse_levels
         from src.metrics.report import evaluation_report, table
         from src.train.distributed import pick_device
         from src.train.runlog import write_json
 
         device = pick_device(args.device)
-        model, cfg = load_tokenizer(args.checkpoint, device)
+        levels = parse_levels(args.levels)
+        model, cfg = load_tokenizer(args.checkpoint, device, levels)
         if args.root:
             cfg.data.root = args.root
         report = {"checkpoint": args.checkpoint,
