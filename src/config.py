@@ -26,6 +26,7 @@ class AugmentConfig:
     time_warp: bool = True           # speed jitter by resampling
     time_warp_max: float = 0.2       # speed factor drawn from [1 - max, 1 + max]
     dropout_prob: float = 0.05       # per keypoint and frame, score set to 0
+    part_dropout_prob: float = 0.2   # per sequence: the face or one hand unseen for 10-60 frames
 
 
 @dataclass

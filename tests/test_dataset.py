@@ -117,8 +117,8 @@ def test_mirror_swaps_streams_and_negates_local_x():
     flipped = mirror(pose)
     unit = unit_length(pose.xy, pose.conf)
     assert unit_length(flipped.xy, flipped.conf) == pytest.approx(unit, rel=1e-5)
-    x = normalise(pose.xy, stream_centres(pose.xy, pose.conf, pose.size), unit)
-    xm = normalise(flipped.xy, stream_centres(flipped.xy, flipped.conf, flipped.size), unit)
+    x = normalise(pose.xy, stream_centres(pose.xy, pose.conf), unit)
+    xm = normalise(flipped.xy, stream_centres(flipped.xy, flipped.conf), unit)
     lh, rh = kp.STREAM_SLICES["LH"], kp.STREAM_SLICES["RH"]
     np.testing.assert_allclose(xm[:, lh], x[:, rh] * [-1, 1], atol=1e-4)
     np.testing.assert_allclose(xm[:, rh], x[:, lh] * [-1, 1], atol=1e-4)
@@ -151,7 +151,7 @@ def test_mirror_twice_is_identity():
 
 def test_normalise_denormalise_round_trip():
     pose = clean(seq(4, 40, noise=True), 0.3)
-    centres = stream_centres(pose.xy, pose.conf, pose.size)
+    centres = stream_centres(pose.xy, pose.conf)
     unit = unit_length(pose.xy, pose.conf)
     x = normalise(pose.xy, centres, unit)
     assert x.shape == (40, kp.NUM_STREAM_POINTS, 2) and x.dtype == np.float32

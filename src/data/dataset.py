@@ -13,7 +13,7 @@ from src.config import DataConfig
 from src.data import keypoints as kp
 from src.data.pose import CleanPose, chunk, clean, normalise, rotate, stream_centres, unit_length, upright_angle
 from src.data.source import DataError, PoseSource, read_json, scan_split, split_names
-from src.data.transforms import keypoint_dropout, mirror, random_crop, time_warp
+from src.data.transforms import keypoint_dropout, mirror, part_dropout, random_crop, time_warp
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def make_sample(raw: np.ndarray, cfg: DataConfig, rng: np.random.Generator | Non
     """
     aug = cfg.augment
     if rng is not None:
-        raw = keypoint_dropout(raw, rng, aug.dropout_prob)
+        raw = part_dropout(keypoint_dropout(raw, rng, aug.dropout_prob), rng, aug.part_dropout_prob)
     pose = clean(raw, cfg.conf_thresh, cfg.source_fps, cfg.fps, cfg.lowpass_sigma)
     unit = unit_length(pose.xy, pose.conf)
     if unit is None:
@@ -41,7 +41,7 @@ def make_sample(raw: np.ndarray, cfg: DataConfig, rng: np.random.Generator | Non
         pose = time_warp(pose, rng, aug.time_warp_max)
     if rng is not None and aug.mirror and rng.random() < aug.mirror_prob:
         pose, angle = mirror(pose), -angle
-    centres = stream_centres(pose.xy, pose.conf, pose.size)
+    centres = stream_centres(pose.xy, pose.conf)
     x, frame_mask = chunk(normalise(pose.xy, centres, unit), cfg.chunk_len)
     conf, _ = chunk(pose.conf[:, kp.STREAM_ROWS], cfg.chunk_len)
     return {

@@ -164,14 +164,21 @@ def rotate(xy: np.ndarray, angle: float, size: tuple[float, float]) -> np.ndarra
     return ((xy - centre) @ rot + centre).astype(np.float32)
 
 
-def stream_centres(xy: np.ndarray, conf: np.ndarray | None = None,
-                   size: tuple[float, float] | None = None) -> np.ndarray:
+def stream_centres(xy: np.ndarray, conf: np.ndarray) -> np.ndarray:
     """(T, S, 2) centre of each stream's local frame, in pixels: the mean of its centre rows.
 
     Every frame: the streams code pose, not where the signer stands in the picture (camera
-    framing). The centres are side information, kept to map back to pixels.
+    framing). Only rows observed somewhere in the sequence count (a reduced face model may
+    have no nose bridge; a never-seen row holds no position); a stream with none of its
+    centre rows seen is centred on its seen rows, and one with nothing seen on the shoulders.
+    The centres are side information, kept to map back to pixels.
     """
-    return np.stack([xy[:, list(s.centre)].mean(axis=1) for s in kp.STREAMS], axis=1).astype(np.float32)
+    seen = conf.any(axis=0)
+    centres = np.zeros((xy.shape[0], len(kp.STREAMS), 2), dtype=np.float32)
+    for i, s in enumerate(kp.STREAMS):
+        rows = [r for r in s.centre if seen[r]] or [r for r in s.rows if seen[r]] or list(kp.SHOULDERS)
+        centres[:, i] = xy[:, rows].mean(axis=1)
+    return centres
 
 
 def _per_point_centres(centres: np.ndarray) -> np.ndarray:

@@ -41,6 +41,26 @@ def keypoint_dropout(raw: np.ndarray, rng: np.random.Generator, prob: float) -> 
     return out
 
 
+PARTS_THAT_GO_MISSING = (kp.FACE, kp.LEFT_HAND, kp.RIGHT_HAND)
+
+
+def part_dropout(raw: np.ndarray, rng: np.random.Generator, prob: float,
+                 min_frames: int = 10, max_frames: int = 60) -> np.ndarray:
+    """With probability ``prob``, the face or one hand unseen for a stretch of frames.
+
+    Estimators lose a whole part for a while (a hand out of frame or occluded, a face
+    turned away); applied before cleaning, like a missed detection.
+    """
+    if prob <= 0 or rng.random() >= prob:
+        return raw
+    out = raw.copy()
+    rows = list(PARTS_THAT_GO_MISSING[rng.integers(len(PARTS_THAT_GO_MISSING))])
+    length = int(rng.integers(min_frames, max_frames + 1))
+    start = int(rng.integers(0, max(1, raw.shape[0] - length + 1)))
+    out[start:start + length, rows, 2] = 0.0
+    return out
+
+
 def random_crop(length: int, max_len: int, rng: np.random.Generator | None) -> slice:
     """Frames to keep: all when short enough, else a random window (or the first, without RNG)."""
     if max_len <= 0 or length <= max_len:

@@ -96,9 +96,13 @@ class SignTokenizer(nn.Module):
         return ref[:, None], scale[:, None], cond
 
     def encode_latent(self, x: torch.Tensor, observed: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
-        """x (N, L, P, 2) local units, observed (N, L, P) -> latents (N, S, D) before quantisation."""
+        """x (N, L, P, 2) local units, observed (N, L, P) -> latents (N, S, D) before quantisation.
+
+        Points the estimator did not see enter as 0 (the reference pose) with their flag: a
+        filled-in guess, or a point another estimator never gives, then cannot change a code.
+        """
         ref, scale, cond = self._frame(ctx)
-        return self.encoder((x - ref) / scale, observed, cond)
+        return self.encoder(((x - ref) / scale).masked_fill(~observed[..., None], 0), observed, cond)
 
     def decode(self, quantized: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
         """Quantized latents (N, S, D) -> poses (N, L, P, 2) in local units."""
