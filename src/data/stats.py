@@ -6,7 +6,7 @@ import numpy as np
 from src.config import DataConfig
 from src.data.dataset import make_sample
 from src.data.keypoints import NUM_STREAM_POINTS
-from src.data.source import PoseSource
+from src.data.source import DataError, PoseSource
 
 
 def pose_statistics(source: PoseSource, names: list[str], cfg: DataConfig, max_sequences: int = 1000,
@@ -21,7 +21,10 @@ def pose_statistics(source: PoseSource, names: list[str], cfg: DataConfig, max_s
     total_sq = np.zeros_like(total)
     count = np.zeros((NUM_STREAM_POINTS, 1))
     for name in names[:max_sequences]:
-        sample = make_sample(source.load(name), cfg)
+        try:
+            sample = make_sample(source.load(name), cfg)
+        except (DataError, ValueError) as e:
+            raise DataError(f"{source.pose_dir / name}.npy: {e} (a sequence of the statistics)") from None
         x, seen = sample["x"].reshape(-1, NUM_STREAM_POINTS, 2), sample["conf"].reshape(-1, NUM_STREAM_POINTS)
         w = seen[..., None].astype(np.float64)
         total += (x * w).sum(0)

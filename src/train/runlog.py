@@ -1,6 +1,7 @@
 """What a run leaves behind: its folder, resolved config, provenance, log file, metrics."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -57,11 +58,64 @@ def create_run_dir(cfg: Config) -> Path:
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    """Atomic JSON write (temp file, then rename)."""
+    """Atomic JSON write (temp file, then rename); a failure leaves no temp file and names ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=float))
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise named(e, path) from None
+
+
+def named(e: OSError, path: str | Path) -> OSError:
+    """``e`` with ``path`` as its file name when it has none (a full disk fails in write())."""
+    return e if e.filename else type(e)(e.errno, e.strerror, str(path))
+
+
+def remove_stale_temps(folder: str | Path, target: str = "*") -> list[Path]:
+    """Delete ``.<target>.<pid>.tmp`` files in ``folder`` left by a killed process (pid not running)."""
+    removed = []
+    for tmp in Path(folder).glob(f".{target}.*.tmp"):
+        pid = tmp.name[:-len(".tmp")].rsplit(".", 1)[-1]
+        if pid.isdigit() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def drop_epochs_after(path: str | Path, epoch: int) -> int:
+    """Rewrite a metrics.jsonl without the lines past ``epoch`` (and any half-written line); returns
+    how many were dropped. A run killed after its metrics line but before its checkpoint, then
+    resumed, would otherwise log that epoch twice."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines()
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line)["epoch"] <= epoch:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass
+    if len(keep) < len(lines):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        os.replace(tmp, path)
+    return len(lines) - len(keep)
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
