@@ -277,8 +277,9 @@ class Trainer:
                 if (self.epoch + 1) % cfg.val_every == 0 or last:
                     record.update(self.validate(codebook=(self.epoch + 1) % cfg.codebook_every == 0 or last))
                     if not math.isfinite(record["val"]["loss"]["recon"]):
-                        raise NonFiniteLoss(f"non-finite validation loss at epoch {self.epoch + 1} "
-                                            f"({record['val']['loss']}); stopping. {self._last_good()}")
+                        terms = {k: v for k, v in record["val"]["loss"].items() if "/" not in k}
+                        raise NonFiniteLoss(f"non-finite validation loss at epoch {self.epoch + 1} ({terms}); "
+                                            f"stopping. {self._last_good()}")
                 if cfg.token_samples_every and ((self.epoch + 1) % cfg.token_samples_every == 0 or last):
                     self.write_token_samples()
                 record["ranks_agree"] = distributed.ranks_agree(self.model)
