@@ -52,17 +52,19 @@ def payload_checksum(state: Any) -> int:
     return crc
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+def save_checkpoint(path: str | Path, state: dict[str, Any], checksum: int | None = None) -> None:
     """Write to a temp file in the same folder, then rename: a crash never leaves half a file.
 
-    The payload's checksum is stored with it (:func:`load_checkpoint` verifies it).
+    The payload's checksum is stored with it (:func:`load_checkpoint` verifies it); pass
+    ``checksum`` (:func:`payload_checksum` of ``state``) to save one state under several names.
     """
     from src.train.runlog import named
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save({**state, CHECKSUM_KEY: payload_checksum(state)}, tmp)
+        crc = payload_checksum(state) if checksum is None else checksum
+        torch.save({**state, CHECKSUM_KEY: crc}, tmp)
         os.replace(tmp, path)
     except OSError as e:
         raise named(e, path) from None

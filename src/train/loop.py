@@ -31,7 +31,7 @@ from src.tokens.records import write_jsonl_atomic
 from src.tokens.sequence import TokenSettings, sequence_record
 from src.train import distributed
 from src.train.checkpoint import (CheckpointError, config_from_checkpoint, load_checkpoint, load_model_state,
-                                  rng_state, save_checkpoint, set_rng_state)
+                                  payload_checksum, rng_state, save_checkpoint, set_rng_state)
 from src.train.optim import build_optimizer, lr_at
 from src.train.runlog import append_jsonl, create_run_dir, drop_epochs_after, remove_stale_temps, setup_logging
 
@@ -420,11 +420,12 @@ class Trainer:
             "epoch": self.epoch, "step": self.step, "best": self.best, "config": to_dict(self.cfg),
             "rng": rng_state(), "metrics": {"val": val} if val else {},
         }
-        save_checkpoint(self.run_dir / "ckpt_last.pt", state)
+        crc = payload_checksum(state)  # once for the last, best and periodic copies
+        save_checkpoint(self.run_dir / "ckpt_last.pt", state, crc)
         if improved:
-            save_checkpoint(self.run_dir / "ckpt_best.pt", state)
+            save_checkpoint(self.run_dir / "ckpt_best.pt", state, crc)
         if self.epoch % self.cfg.train.ckpt_every == 0:
-            save_checkpoint(self.run_dir / f"ckpt_epoch{self.epoch}.pt", state)
+            save_checkpoint(self.run_dir / f"ckpt_epoch{self.epoch}.pt", state, crc)
         self.writer.flush()
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from src.config import Config, save_config
+from src.config import Config, ConfigError, save_config
 
 log = logging.getLogger("signstream")
 PACKAGES = ("torch", "numpy", "pyyaml", "tensorboard", "matplotlib", "imageio", "tqdm")
@@ -50,10 +51,17 @@ def create_run_dir(cfg: Config) -> Path:
     n = 1
     while run.exists():  # two runs in the same second get distinct folders
         run, n = base / f"{stamp}-{n}", n + 1
-    run.mkdir(parents=True)
-    save_config(cfg, run / "config.yaml")
-    write_json(run / "provenance.json", {"git": git_info(), "environment": environment(),
-                                          "argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    try:
+        run.mkdir(parents=True)
+        save_config(cfg, run / "config.yaml")
+        write_json(run / "provenance.json", {"git": git_info(), "environment": environment(),
+                                              "argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    except OSError as e:
+        from src.cli import describe_os_error
+
+        shutil.rmtree(run, ignore_errors=True)  # no half-made run folder
+        raise ConfigError(f"save_path={cfg.save_path}: cannot create the run folder there "
+                          f"({describe_os_error(e)}; or set save_path=<a writable folder>)") from None
     return run
 
 
