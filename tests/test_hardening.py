@@ -260,6 +260,31 @@ def test_an_output_that_cannot_be_written_is_a_one_line_error(outputs, command, 
     assert str(base / "a_file") in err or str(base / "a_folder") in err, err
 
 
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_folder_is_a_one_line_error(synth_root, tmp_path, capsys):
+    import run
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        assert run.main(["data-check", "--root", str(synth_root), "--max-files", "2",
+                         "--json", str(folder / "r.json")]) == 2
+    finally:
+        folder.chmod(0o700)
+    one_error_line(capsys.readouterr().err, str(folder / "r.json"), "Permission denied", "fix:")
+
+
+def test_export_skips_and_counts_an_empty_file(bad_root, tiny_checkpoint):
+    from src.inference import load_tokenizer
+    from src.tokens.export import export_config, export_tokens
+
+    model, cfg = load_tokenizer(tiny_checkpoint)
+    records, _, failures = export_tokens(model, export_config(cfg, root=str(bad_root)), "train", progress=False)
+    assert [r["video_name"] for r in records] == ["good0", "good1", "good2", "good3"]
+    assert dict(failures) == {"empty": "unreadable", "no_unit": "no unit length", "far": "coordinates out of range"}
+
+
 def test_no_space_and_no_permission_name_the_file(tmp_path, monkeypatch):
     def full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # write() errors carry no file name
