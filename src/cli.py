@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import re
 import sys
+from pathlib import Path
 from collections.abc import Callable
 
 from src.config import Config, ConfigError, load_config
@@ -45,6 +48,39 @@ def run(fn: Callable[[], int | None]) -> int:
     reuse_freed_memory()
     try:
         return fn() or 0
-    except (ConfigError, DataError, CheckpointError, LaunchError, FileNotFoundError) as e:
+    except (ConfigError, DataError, CheckpointError, LaunchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an output that cannot be written (or an input that cannot be read)
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+
+
+# errno -> the fix to suggest for a path that cannot be read or written
+_OS_FIXES = {
+    errno.EACCES: "choose a location you may write to, or change its permissions",
+    errno.EPERM: "choose a location you may write to, or change its permissions",
+    errno.EROFS: "the file system is read-only; choose another location",
+    errno.EISDIR: "the path is a folder; name a file instead",
+    errno.ENOTDIR: "a parent of the path is a file, not a folder; choose another path",
+    errno.EEXIST: "a file is in the way of a folder; choose another path",
+    errno.ENOSPC: "the disk is full; free space or choose another disk",
+    errno.EDQUOT: "the disk quota is used up; free space or choose another disk",
+    errno.ENOENT: "check the path",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an OSError: the path, what went wrong, and the fix.
+
+    An atomic write fails on its temp file (``.<name>.<pid>.tmp``) or on the rename to the
+    target; the line names the target either way.
+    """
+    path = e.filename2 or e.filename
+    if path is not None:
+        tmp = re.fullmatch(r"\.(.+)\.[0-9a-f]+\.tmp(\.\w+)?", Path(str(path)).name)
+        path = Path(str(path)).with_name(tmp.group(1) + (tmp.group(2) or "")) if tmp else path
+    where = f"{path}: " if path is not None else ""
+    what = e.strerror or e.__class__.__name__
+    fix = _OS_FIXES.get(e.errno)
+    return f"{where}{what}" + (f" (fix: {fix})" if fix else "")

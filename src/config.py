@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -297,22 +298,119 @@ def from_dict(values: dict[str, Any]) -> Config:
     return cfg
 
 
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Parse a YAML file; unreadable text or bad syntax is a one-line ConfigError naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason}); fix: save it as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}: YAML syntax error at {where}{problem} (fix: indent with spaces, "
+                          "not tabs, and close every bracket and quote)") from None
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file (if given), then the overrides."""
-    values: dict[str, Any] = {}
+    """Defaults, then the YAML file (if given), then the overrides; then the ranges are checked."""
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        with open(p) as f:
-            values = yaml.load(f, Loader=_Loader) or {}
+        values = read_yaml(path) or {}
         try:
             cfg = from_dict(values)
         except ConfigError as e:
-            raise ConfigError(f"{p}: {e}") from None
+            raise ConfigError(f"{path}: {e}") from None
     else:
         cfg = Config()
-    return apply_overrides(cfg, overrides or [])
+    return validate(apply_overrides(cfg, overrides or []), path)
+
+
+# key -> (test, what the value must be); a test reads the whole config, so ties between keys fit.
+_RANGES: dict[str, tuple[typing.Callable[[Config], bool], str]] = {
+    "data.fps": (lambda c: c.data.fps >= 1, ">= 1"),
+    "data.source_fps": (lambda c: c.data.source_fps >= 1, ">= 1"),
+    "data.chunk_len": (lambda c: c.data.chunk_len >= 1, ">= 1 frame"),
+    "data.max_frames": (lambda c: c.data.max_frames >= 0, ">= 0 (0 = whole sequences)"),
+    "data.min_frames": (lambda c: c.data.min_frames >= 1, ">= 1"),
+    "data.min_valid_frac": (lambda c: 0 <= c.data.min_valid_frac <= 1, "in [0, 1]"),
+    "data.conf_thresh": (lambda c: math.isfinite(c.data.conf_thresh), "a finite score"),
+    "data.lowpass_sigma": (lambda c: c.data.lowpass_sigma >= 0, ">= 0 frames"),
+    "data.num_workers": (lambda c: c.data.num_workers >= 0, ">= 0"),
+    "data.augment.mirror_prob": (lambda c: 0 <= c.data.augment.mirror_prob <= 1, "in [0, 1]"),
+    "data.augment.time_warp_max": (lambda c: 0 <= c.data.augment.time_warp_max < 1, "in [0, 1)"),
+    "data.augment.dropout_prob": (lambda c: 0 <= c.data.augment.dropout_prob <= 1, "in [0, 1]"),
+    "model.width": (lambda c: c.model.width >= 1, ">= 1"),
+    "model.heads": (lambda c: c.model.heads >= 1 and c.model.width % c.model.heads == 0,
+                    "a divisor of model.width (each head gets width / heads channels)"),
+    "model.enc_layers": (lambda c: c.model.enc_layers >= 1, ">= 1"),
+    "model.dec_layers": (lambda c: c.model.dec_layers >= 1, ">= 1"),
+    "model.mlp_ratio": (lambda c: c.model.mlp_ratio > 0, "> 0"),
+    "model.dropout": (lambda c: 0 <= c.model.dropout < 1, "in [0, 1)"),
+    "model.latent_dim": (lambda c: c.model.latent_dim >= 1, ">= 1"),
+    "model.stats_sequences": (lambda c: c.model.stats_sequences >= 1, ">= 1"),
+    "model.rvq.levels": (lambda c: c.model.rvq.levels >= 1, ">= 1"),
+    "model.rvq.codebook_size": (lambda c: c.model.rvq.codebook_size >= 2, ">= 2 codes"),
+    "model.rvq.splits": (lambda c: c.model.rvq.splits >= 1 and c.model.latent_dim % c.model.rvq.splits == 0,
+                         "a divisor of model.latent_dim"),
+    "model.rvq.ema_decay": (lambda c: 0 <= c.model.rvq.ema_decay < 1, "in [0, 1)"),
+    "model.rvq.laplace_eps": (lambda c: c.model.rvq.laplace_eps > 0, "> 0"),
+    "model.rvq.dead_after_steps": (lambda c: c.model.rvq.dead_after_steps >= 1, ">= 1"),
+    "model.rvq.kmeans_iters": (lambda c: c.model.rvq.kmeans_iters >= 0, ">= 0"),
+    "model.rvq.usage_temperature": (lambda c: c.model.rvq.usage_temperature > 0, "> 0"),
+    "model.rvq.quantizer_dropout": (lambda c: 0 <= c.model.rvq.quantizer_dropout <= 1, "in [0, 1]"),
+    "loss.huber_delta": (lambda c: c.loss.huber_delta > 0, "> 0"),
+    "loss.stream_weights": (lambda c: all(w >= 0 for w in c.loss.stream_weights.values()), "all >= 0"),
+    "loss.nce_temperature": (lambda c: c.loss.nce_temperature > 0, "> 0"),
+    "train.epochs": (lambda c: c.train.epochs >= 1, ">= 1"),
+    "train.batch_size": (lambda c: c.train.batch_size == "auto" or c.train.batch_size >= 1, ">= 1 or 'auto'"),
+    "train.lr": (lambda c: c.train.lr > 0, "> 0"),
+    "train.weight_decay": (lambda c: c.train.weight_decay >= 0, ">= 0"),
+    "train.warmup_steps": (lambda c: c.train.warmup_steps >= 0, ">= 0"),
+    "train.min_lr_ratio": (lambda c: 0 <= c.train.min_lr_ratio <= 1, "in [0, 1]"),
+    "train.grad_clip": (lambda c: c.train.grad_clip > 0, "> 0"),
+    "train.log_every": (lambda c: c.train.log_every >= 1, ">= 1 step"),
+    "train.val_every": (lambda c: c.train.val_every >= 1, ">= 1 epoch"),
+    "train.ckpt_every": (lambda c: c.train.ckpt_every >= 1, ">= 1 epoch"),
+    "train.codebook_every": (lambda c: c.train.codebook_every >= 1, ">= 1 epoch"),
+    "train.token_samples_every": (lambda c: c.train.token_samples_every >= 0, ">= 0 (0 = off)"),
+    "train.num_token_samples": (lambda c: c.train.num_token_samples >= 1, ">= 1"),
+    "export.rle_threshold": (lambda c: c.export.rle_threshold >= 0, ">= 0"),
+    "export.max_run": (lambda c: c.export.max_run >= 1, ">= 1"),
+    "export.max_chunks": (lambda c: c.export.max_chunks >= 1, ">= 1"),
+    "export.depth_threshold": (lambda c: c.export.depth_threshold >= 0, ">= 0"),
+}
+
+
+def _lookup(cfg: Config, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def validate(cfg: Config, path: str | os.PathLike | None = None) -> Config:
+    """Check every numeric setting's range; the first bad one is a ConfigError naming the key.
+
+    NaN fails every comparison, and inf is refused everywhere, so neither slips through.
+    ``path`` (the YAML file) is named in the fix.
+    """
+    where = f"in {path} or " if path else ""
+    for key, (ok, must) in _RANGES.items():
+        value = _lookup(cfg, key)
+        if not _finite(value) or not ok(cfg):
+            raise ConfigError(f"{key}={value!r} cannot work: it must be {must} (fix: set it {where}"
+                              f"as {key}=<value> on the command line)")
+    return cfg
 
 
 def config_differences(a: dict, b: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:

@@ -15,7 +15,8 @@ import numpy as np
 
 from src.config import DataConfig
 from src.data import keypoints as kp
-from src.data.source import PACK_DIR, PACK_INDEX, DataError, pack_problem, read_json, usability
+from src.data.source import (NPY_ERRORS, PACK_ARRAY, PACK_DIR, PACK_INDEX, DataError, content_checksum,
+                             index_problem, pack_problem, read_json, read_npy, usability)
 
 PARTS: dict[str, range] = {"body": kp.BODY, "face": kp.FACE, "left_hand": kp.LEFT_HAND,
                            "right_hand": kp.RIGHT_HAND, "feet": kp.FEET}
@@ -32,6 +33,10 @@ FIXES = {
     "too short": "sequences need at least data.min_frames={min_frames} frames",
     "too little usable signal": "fewer than data.min_valid_frac={min_valid_frac} of the frames have both "
                                 "shoulders scoring >= {conf_thresh}; check the scores or lower --conf-thresh",
+    "coordinates out of range": "confident keypoints lie more than 100 frame sizes away; write pixel coordinates "
+                                "and give far-off points a score of 0",
+    "no unit length": "no eyelid, eye, ear or shoulder pair is seen apart in any frame (the scale is unknown); "
+                      "check the keypoint order and scores",
 }
 
 
@@ -44,6 +49,7 @@ class _Tally:
     """Facts gathered over the files of one root."""
 
     lengths: dict[str, int] = field(default_factory=dict)    # readable [T, 134, 3] files
+    checksums: dict[str, int] = field(default_factory=dict)  # ... their content checksums (pack check)
     reasons: dict[str, str] = field(default_factory=dict)    # unusable file -> skip reason
     details: dict[str, str] = field(default_factory=dict)    # bad shape / unreadable -> what was found
     dtypes: Counter = field(default_factory=Counter)
@@ -71,6 +77,7 @@ class _Tally:
             return
         raw = raw.astype(np.float32, copy=False)
         self.lengths[name] = raw.shape[0]
+        self.checksums[name] = content_checksum(raw)
         reason = usability(raw, cfg.conf_thresh, cfg.min_frames, cfg.min_valid_frac)
         if reason:
             self.reasons[name] = reason
@@ -120,13 +127,6 @@ class _Tally:
             self.points_outside += int(((xy < -0.1 * size) | (xy > 1.1 * size)).any(axis=1).sum())
             if np.abs(xy).max() <= 1.5:
                 self.normalised.append(name)
-
-
-def _read(path: Path) -> np.ndarray:
-    try:
-        return np.load(path)
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{e.__class__.__name__}: {e}") from None
 
 
 def _layout(root: Path, cfg: DataConfig, errors: list[str]) -> tuple[list[str], dict, dict]:
@@ -221,21 +221,36 @@ def _pack(root: Path, cfg: DataConfig, tally: _Tally, partial: bool) -> dict:
     try:
         meta = read_json(pack_dir / PACK_INDEX, "pack index")
         problem = pack_problem(pack_dir, root / cfg.pose_dir, meta)
-        items = {k: int(v[1]) for k, v in meta.get("items", {}).items()}
-    except (DataError, TypeError, ValueError, IndexError, AttributeError) as e:
-        problem, items = f"unreadable index ({e})", {}
+    except DataError as e:
+        meta, problem = None, f"unreadable index ({e})"
+    entries = meta["items"] if meta is not None and index_problem(meta) is None else {}
+    items = {k: v[1] for k, v in entries.items()}
     if problem:
         out["problems"].append(problem)
     files = tally.lengths
     missing = [n for n in files if n not in items]
     extra = [] if partial else [n for n in items if n not in files]
     differ = [n for n in files if n in items and items[n] != files[n]]
+    same_length = [n for n in files if n in items and items[n] == files[n]]
+    content = [n for n in same_length if entries[n][2] != tally.checksums[n]]
+    corrupt = _corrupt_packed(pack_dir, entries, [n for n in same_length if n not in content])
     for what, names in (("files not in the pack", missing), ("packed names without a file", extra),
-                        ("lengths differ", differ)):
+                        ("lengths differ", differ), ("content differs from the file", content),
+                        ("packed content does not match its checksum", corrupt)):
         if names:
             out["problems"].append(f"{what}: {len(names)} (e.g. {', '.join(_examples(names))})")
     out["sequences"], out["frames"] = len(items), sum(items.values())
     return out
+
+
+def _corrupt_packed(pack_dir: Path, entries: dict, names: list[str]) -> list[str]:
+    """Packed sequences whose bytes no longer match the index's checksum (overwritten, shifted offsets)."""
+    try:
+        array = np.load(pack_dir / PACK_ARRAY, mmap_mode="r")
+    except NPY_ERRORS:
+        return []  # reported as a pack problem already
+    return [n for n in names
+            if content_checksum(array[entries[n][0]:entries[n][0] + entries[n][1]]) != entries[n][2]]
 
 
 def _warnings(root: Path, cfg: DataConfig, tally: _Tally, splits: dict, annotations: dict,
@@ -346,7 +361,7 @@ def check_root(root: str | Path, cfg: DataConfig | None = None, max_files: int =
     tally = _Tally()
     for name in tqdm(todo, desc="check", unit="file", disable=not progress or None):
         try:
-            tally.add(name, _read(root / cfg.pose_dir / f"{name}.npy"), cfg)
+            tally.add(name, read_npy(root / cfg.pose_dir / f"{name}.npy"), cfg)
         except DataError as e:
             tally.reasons[name], tally.details[name] = "unreadable", str(e)
     rows = _split_rows(splits, annotations, names, tally)

@@ -3,7 +3,8 @@
 Per-file loading of ~20k small files is slow on a cold cache; one contiguous array read
 through ``np.load(mmap_mode="r")`` is not. The index maps name -> (offset, length) and
 records each file's size and mtime, so a reader can tell a stale pack (files changed since)
-and fall back to the files. Both files are written under temporary names and renamed; the
+and fall back to the files, and a checksum of each sequence's content, so a reader can tell
+a corrupt pack (or a file rewritten with its stamps restored). Both files are written under temporary names and renamed; the
 index goes last, so a pack that has an index is complete.
 """
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from src.data import keypoints as kp
-from src.data.source import PACK_ARRAY, PACK_DIR, PACK_INDEX, PACK_VERSION, DataError, file_stamps
+from src.data.source import (NPY_ERRORS, PACK_ARRAY, PACK_DIR, PACK_INDEX, PACK_VERSION, DataError,
+                             content_checksum, file_stamps, read_npy)
 
 
 def _shapes(pose_dir: Path, names: list[str]) -> tuple[dict[str, int], dict[str, str]]:
@@ -23,7 +25,7 @@ def _shapes(pose_dir: Path, names: list[str]) -> tuple[dict[str, int], dict[str,
     for name in names:
         try:
             arr = np.load(pose_dir / f"{name}.npy", mmap_mode="r")
-        except (OSError, ValueError) as e:
+        except NPY_ERRORS as e:
             bad[name] = f"unreadable ({e.__class__.__name__})"
             continue
         if arr.ndim != 3 or arr.shape[1:] != (kp.NUM_ROWS, 3):
@@ -65,8 +67,9 @@ def write_pack(root: str | Path, out_dir: str | Path | None = None, pose_dir: st
         items, offset = {}, 0
         for name in tqdm(lengths, desc="pack", unit="seq", disable=not progress or None):
             n = lengths[name]
-            array[offset:offset + n] = np.load(pose_path / f"{name}.npy")
-            items[name] = [offset, n]
+            seq = read_npy(pose_path / f"{name}.npy").astype(np.float32, copy=False)
+            array[offset:offset + n] = seq
+            items[name] = [offset, n, content_checksum(seq)]
             offset += n
         array.flush()
         del array

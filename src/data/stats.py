@@ -6,7 +6,7 @@ import numpy as np
 from src.config import DataConfig
 from src.data.dataset import make_sample
 from src.data.keypoints import NUM_STREAM_POINTS
-from src.data.source import PoseSource
+from src.data.source import DataError, PoseSource
 
 
 class _Moments:
@@ -43,7 +43,10 @@ def pose_statistics(source: PoseSource, names: list[str], cfg: DataConfig, max_s
     """
     points, deltas = _Moments(), _Moments()
     for name in names[:max_sequences]:
-        sample = make_sample(source.load(name), cfg)
+        try:
+            sample = make_sample(source.load(name), cfg)
+        except (DataError, ValueError) as e:
+            raise DataError(f"{source.pose_dir / name}.npy: {e} (a sequence of the statistics)") from None
         x, seen = sample["x"], sample["conf"]
         points.add(x, seen)
         if x.shape[0] > 1:

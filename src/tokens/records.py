@@ -105,8 +105,11 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> int:
     The temp file sits in the target's folder so that ``os.replace`` is an atomic rename:
     a reader never sees a half-written file, and a failure leaves the old file intact.
     """
+    from src.train.runlog import named, remove_stale_temps
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent, path.name)  # left by a write that was killed
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         n = 0
@@ -117,6 +120,9 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> int:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise named(e, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -126,16 +132,20 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> int:
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSONL file (blank lines skipped); bad lines raise naming file and line."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: bad JSON ({e.msg}, column {e.colno})") from e
-            if not isinstance(rec, dict):
-                kind = type(rec).__name__
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, not {kind}")
-            records.append(rec)
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    # split, not splitlines: a text field may hold U+2028, which splitlines breaks at
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: bad JSON ({e.msg}, column {e.colno})") from e
+        if not isinstance(rec, dict):
+            kind = type(rec).__name__
+            raise ValueError(f"{path}:{lineno}: expected a JSON object, not {kind}")
+        records.append(rec)
     return records

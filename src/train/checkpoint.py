@@ -1,8 +1,10 @@
 """Atomic, self-describing checkpoints: plain types and tensors only (``weights_only`` loads)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +18,59 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message names the file and the mismatch."""
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write to a temp file in the same folder, then rename: a crash never leaves half a file."""
+CHECKSUM_KEY = "checksum"  # CRC-32 over the payload (every other key), checked on load
+
+
+def payload_checksum(state: Any) -> int:
+    """CRC-32 over a checkpoint's content in a fixed order: tensors by their bytes, the rest by repr.
+
+    Computed on the loaded values, not the file's bytes, so any flipped bit that changes a
+    weight, an optimizer moment or a setting is caught (about 1 s per GB).
+    """
+    crc = 0
+
+    def visit(value: Any) -> None:
+        nonlocal crc
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous().reshape(-1)
+            crc = zlib.crc32(f"{t.dtype}{list(value.shape)}".encode(), crc)
+            crc = zlib.crc32(t.view(torch.uint8).numpy() if t.numel() else b"", crc)
+        elif isinstance(value, dict):
+            for key in sorted(value, key=str):
+                if value is state and key == CHECKSUM_KEY:
+                    continue
+                crc = zlib.crc32(repr(key).encode(), crc)
+                visit(value[key])
+        elif isinstance(value, (list, tuple)):
+            crc = zlib.crc32(f"[{len(value)}".encode(), crc)
+            for item in value:
+                visit(item)
+        else:
+            crc = zlib.crc32(repr(value).encode(), crc)
+
+    visit(state)
+    return crc
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any], checksum: int | None = None) -> None:
+    """Write to a temp file in the same folder, then rename: a crash never leaves half a file.
+
+    The payload's checksum is stored with it (:func:`load_checkpoint` verifies it); pass
+    ``checksum`` (:func:`payload_checksum` of ``state``) to save one state under several names.
+    """
+    from src.train.runlog import named
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(state, tmp)
+        crc = payload_checksum(state) if checksum is None else checksum
+        torch.save({**state, CHECKSUM_KEY: crc}, tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        raise named(e, path) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a parent that is not a folder cannot hold it anyway
+            tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -37,9 +83,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as e:  # torch raises several types for truncated or foreign files
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {first_line})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a SignStream checkpoint (a {type(state).__name__}, not a dict)")
     missing = [k for k in ("model", "config") if k not in state]
     if missing:
         raise CheckpointError(f"{path}: not a SignStream checkpoint (missing {', '.join(missing)})")
+    # Files written before checksums were stored have none; those load unchecked.
+    if CHECKSUM_KEY in state and payload_checksum(state) != state[CHECKSUM_KEY]:
+        raise CheckpointError(f"{path}: corrupt, its content does not match the checksum stored with it "
+                              "(fix: use another checkpoint of the run, e.g. ckpt_epoch<N>.pt or ckpt_best.pt)")
     return state
 
 

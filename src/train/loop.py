@@ -5,6 +5,7 @@ zero_grad -> log / validate / checkpoint at intervals.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -19,7 +20,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from src.config import Config, ConfigError, config_differences, save_config, to_dict
+from src.config import Config, ConfigError, config_differences, save_config, to_dict, validate
 from src.data import keypoints as kp
 from src.data.dataset import PoseDataset, collate, make_loader
 from src.data.stats import pose_statistics
@@ -30,9 +31,9 @@ from src.tokens.records import write_jsonl_atomic
 from src.tokens.sequence import TokenSettings, sequence_record
 from src.train import distributed
 from src.train.checkpoint import (CheckpointError, config_from_checkpoint, load_checkpoint, load_model_state,
-                                  rng_state, save_checkpoint, set_rng_state)
+                                  payload_checksum, rng_state, save_checkpoint, set_rng_state)
 from src.train.optim import build_optimizer, lr_at
-from src.train.runlog import append_jsonl, create_run_dir, setup_logging
+from src.train.runlog import append_jsonl, create_run_dir, drop_epochs_after, remove_stale_temps, setup_logging
 
 log = logging.getLogger("signstream.train")
 
@@ -101,20 +102,31 @@ def train_step(forward_model: torch.nn.Module, model: torch.nn.Module, optimizer
 
 
 class Trainer:
-    """Builds data, model and optimiser from a config, then runs epochs."""
+    """Builds data, model and optimiser from a config, then runs epochs.
 
-    def __init__(self, cfg: Config, dist_info: distributed.DistInfo, resume: str | None = None):
+    ``extend_epochs`` (with ``resume``): train that many epochs past the checkpoint's, the
+    learning rate going from its value there down to the floor on a cosine (:func:`lr_at`).
+    """
+
+    def __init__(self, cfg: Config, dist_info: distributed.DistInfo, resume: str | None = None,
+                 extend_epochs: int = 0):
+        if extend_epochs and not resume:
+            raise ConfigError("--extend-epochs needs --checkpoint (the run to extend)")
         self.cfg, self.dist = cfg, dist_info
         self.device = dist_info.device
         seed_everything(cfg.train.seed + dist_info.rank)
-        state = self._check_resume(resume) if resume else None
-        self.run_dir = self._run_dir(resume) if dist_info.is_main else None
-        setup_logging(self.run_dir, dist_info.is_main)
-        log.info("device %s, world size %d, run folder %s", self.device, dist_info.world_size, self.run_dir)
-
+        state = self._check_resume(resume, extend_epochs) if resume else None
+        cfg = self.cfg
+        # Data first: a root that is missing or unusable leaves no run folder behind.
         self.train_set = PoseDataset(cfg.data, "train", train=True, seed=cfg.train.seed, progress=dist_info.is_main)
         self.val_set = PoseDataset(cfg.data, "val", progress=dist_info.is_main)
-        self.model = SignTokenizer(cfg.model, cfg.data.chunk_len).to(self.device)
+        self.run_dir = self._run_dir(resume, state) if dist_info.is_main else None
+        setup_logging(self.run_dir, dist_info.is_main)
+        log.info("device %s, world size %d, run folder %s", self.device, dist_info.world_size, self.run_dir)
+        try:
+            self.model = SignTokenizer(cfg.model, cfg.data.chunk_len).to(self.device)
+        except ValueError as e:  # a model setting the range checks cannot see (e.g. an unknown pool)
+            raise ConfigError(str(e)) from None
         log.info("model: %.2fM parameters", sum(p.numel() for p in self.model.parameters()) / 1e6)
         self.batch_size = self._batch_size()
         loader_args = dict(seed=cfg.train.seed, rank=dist_info.rank, world_size=dist_info.world_size,
@@ -126,8 +138,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.scaler = torch.amp.GradScaler(enabled=False)  # bf16 autocast needs no loss scaling
         self.epoch, self.step, self.best = 0, 0, math.inf
+        self.tail: tuple[int, float] | None = None   # (step, lr) where an extension's cosine starts
         if state is not None:
-            self._restore(state, resume)
+            self._restore(state, resume, extend_epochs > 0)
         else:
             mean, std, delta_std = pose_statistics(self.train_set.source, self.train_set.names, cfg.data,
                                                    cfg.model.stats_sequences)
@@ -145,9 +158,10 @@ class Trainer:
         self.writer = self._tensorboard()
 
     # -- setup helpers -----------------------------------------------------------------
-    def _check_resume(self, path: str) -> dict[str, Any]:
+    def _check_resume(self, path: str, extend_epochs: int = 0) -> dict[str, Any]:
         state = load_checkpoint(path, self.device)
         stored = config_from_checkpoint(state, path)
+        self.stored_cfg = stored
         diffs = [f"{k}: {v!r} vs {w!r}" for k, (v, w) in
                  config_differences(to_dict(stored.model), to_dict(self.cfg.model), "model.").items()]
         if stored.data.chunk_len != self.cfg.data.chunk_len:
@@ -158,22 +172,54 @@ class Trainer:
         missing = [k for k in ("optimizer", "epoch", "step", "rng") if k not in state]
         if missing:
             raise CheckpointError(f"{path}: cannot resume, missing {', '.join(missing)} (an export-only file?)")
+        if extend_epochs:
+            epochs = int(state["epoch"]) + extend_epochs
+            self.cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(self.cfg.train, epochs=epochs))
         return state
 
-    def _run_dir(self, resume: str | None) -> Path:
+    def _run_dir(self, resume: str | None, state: dict[str, Any] | None) -> Path:
         if resume and (Path(resume).parent / "config.yaml").is_file():
             run = Path(resume).parent  # continue the same run: metrics.jsonl keeps growing
+            # What a kill left: temp files of interrupted saves, and metrics lines of epochs
+            # that finished after the checkpoint being resumed.
+            for folder in (run, run / "token_samples"):
+                for tmp in remove_stale_temps(folder) if folder.is_dir() else []:
+                    log.info("removed %s (left by an interrupted save)", tmp)
+            dropped = drop_epochs_after(run / "metrics.jsonl", int(state["epoch"]))
+            if dropped:
+                log.info("metrics.jsonl: dropped %d lines past epoch %d (the checkpoint resumed)",
+                         dropped, int(state["epoch"]))
             save_config(self.cfg, run / "config.yaml")
             return run
         return create_run_dir(self.cfg)
 
-    def _restore(self, state: dict[str, Any], path: str) -> None:
+    def _restore(self, state: dict[str, Any], path: str, extend: bool = False) -> None:
         load_model_state(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state.get("scaler", {}))
         self.epoch, self.step, self.best = int(state["epoch"]), int(state["step"]), float(state["best"])
         set_rng_state(state["rng"])
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
+        sched = state.get("scheduler", {})
+        old_tail = tuple(sched["tail"]) if sched.get("tail") else None
+        old_lr = lr_at(self.step, self.stored_cfg.train, int(sched.get("total_steps", self.total_steps)), old_tail)
+        if extend:
+            self.tail = (self.step, old_lr)
+            log.info("extending to %d epochs: learning rate %.3g at step %d, cosine down to %.3g at step %d",
+                     self.cfg.train.epochs, old_lr, self.step, self.cfg.train.lr * self.cfg.train.min_lr_ratio,
+                     self.total_steps)
+            return
+        self.tail = old_tail
+        old_epochs, new_epochs = self.stored_cfg.train.epochs, self.cfg.train.epochs
+        if old_epochs != new_epochs:
+            log.warning("train.epochs is %d, the checkpoint's run planned %d: the learning-rate schedule is "
+                        "stretched to the new length (at step %d: %.3g instead of %.3g). To train N more epochs "
+                        "on the old schedule's end instead, resume with --extend-epochs N", new_epochs,
+                        old_epochs, self.step, self.lr(self.step), old_lr)
+
+    def lr(self, step: int) -> float:
+        """The learning rate at ``step`` (warm-up, cosine, and an extension's tail)."""
+        return lr_at(step, self.cfg.train, self.total_steps, self.tail)
 
     def _batch_size(self) -> int:
         bs = self.cfg.train.batch_size
@@ -212,7 +258,8 @@ class Trainer:
         if not self.dist.is_main:
             return None
         from torch.utils.tensorboard import SummaryWriter
-        return SummaryWriter(str(self.run_dir))
+        # On resume, events past the checkpoint's step (an epoch that is trained again) are purged.
+        return SummaryWriter(str(self.run_dir), purge_step=self.step or None)
 
     # -- the loop ------------------------------------------------------------------------
     def fit(self) -> Path | None:
@@ -224,11 +271,15 @@ class Trainer:
             while self.epoch < cfg.epochs:
                 start = time.time()
                 train_figures = self.train_epoch()
-                record = {"epoch": self.epoch + 1, "step": self.step, "lr": lr_at(self.step, cfg, self.total_steps),
+                record = {"epoch": self.epoch + 1, "step": self.step, "lr": self.lr(self.step),
                           "train": train_figures}
                 last = self.epoch + 1 == cfg.epochs
                 if (self.epoch + 1) % cfg.val_every == 0 or last:
                     record.update(self.validate(codebook=(self.epoch + 1) % cfg.codebook_every == 0 or last))
+                    if not math.isfinite(record["val"]["loss"]["recon"]):
+                        terms = {k: v for k, v in record["val"]["loss"].items() if "/" not in k}
+                        raise NonFiniteLoss(f"non-finite validation loss at epoch {self.epoch + 1} ({terms}); "
+                                            f"stopping. {self._last_good()}")
                 if cfg.token_samples_every and ((self.epoch + 1) % cfg.token_samples_every == 0 or last):
                     self.write_token_samples()
                 record["ranks_agree"] = distributed.ranks_agree(self.model)
@@ -254,7 +305,7 @@ class Trainer:
                    disable=not self.dist.is_main or None, leave=False)
         tick = time.time()
         for batch in bar:
-            lr = lr_at(self.step, cfg.train, self.total_steps)
+            lr = self.lr(self.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             losses, grad_norm, n = train_step(model, self.model, self.optimizer, self.scaler, batch.to(self.device),
@@ -286,7 +337,12 @@ class Trainer:
         if float(distributed.all_reduce_sum(bad)) > 0:
             terms = {k: v.item() for k, v in losses.items() if "/" not in k}
             raise NonFiniteLoss(f"non-finite loss at epoch {self.epoch + 1}, step {self.step} ({terms}); "
-                                f"stopping. Last good checkpoint: {self.run_dir}/ckpt_last.pt")
+                                f"stopping. {self._last_good()}")
+
+    def _last_good(self) -> str:
+        last = self.run_dir / "ckpt_last.pt" if self.run_dir is not None else None
+        return f"Last good checkpoint: {last}" if last is not None and last.is_file() else \
+            "No checkpoint was written yet (fix: check the data with python run.py data-check)"
 
     def validate(self, codebook: bool) -> dict[str, Any]:
         """Validation figures reduced over ranks, with codebook health; usage histograms when ``codebook``."""
@@ -360,26 +416,33 @@ class Trainer:
             self.best = val["loss"]["recon"]
         state = {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(), "scheduler": {"step": self.step, "total_steps": self.total_steps},
+            "scaler": self.scaler.state_dict(),
+            "scheduler": {"step": self.step, "total_steps": self.total_steps, "tail": list(self.tail or [])},
             "epoch": self.epoch, "step": self.step, "best": self.best, "config": to_dict(self.cfg),
             "rng": rng_state(), "metrics": {"val": val} if val else {},
         }
-        save_checkpoint(self.run_dir / "ckpt_last.pt", state)
+        crc = payload_checksum(state)  # once for the last, best and periodic copies
+        save_checkpoint(self.run_dir / "ckpt_last.pt", state, crc)
         if improved:
-            save_checkpoint(self.run_dir / "ckpt_best.pt", state)
+            save_checkpoint(self.run_dir / "ckpt_best.pt", state, crc)
         if self.epoch % self.cfg.train.ckpt_every == 0:
-            save_checkpoint(self.run_dir / f"ckpt_epoch{self.epoch}.pt", state)
+            save_checkpoint(self.run_dir / f"ckpt_epoch{self.epoch}.pt", state, crc)
         self.writer.flush()
 
 
-def train(cfg: Config, resume: str | None = None, require_distributed: bool = False) -> Path | None:
-    """Train a tokenizer; under torchrun (RANK set) with DDP. Returns the run folder on rank 0."""
+def train(cfg: Config, resume: str | None = None, require_distributed: bool = False,
+          extend_epochs: int = 0) -> Path | None:
+    """Train a tokenizer; under torchrun (RANK set) with DDP. Returns the run folder on rank 0.
+
+    ``extend_epochs`` > 0 continues the ``resume`` checkpoint for that many more epochs.
+    """
+    validate(cfg)
     if require_distributed and "RANK" not in os.environ:
         raise distributed.LaunchError("train-rvq-ddp runs under torchrun: "
                            "torchrun --nproc_per_node=N run.py train-rvq-ddp --config ... "
                            "(or use train-rvq for one process)")
     info = distributed.setup(cfg.train.device)
     try:
-        return Trainer(cfg, info, resume).fit()
+        return Trainer(cfg, info, resume, extend_epochs).fit()
     finally:
         distributed.teardown()

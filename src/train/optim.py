@@ -16,14 +16,20 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99))
 
 
-def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+def lr_at(step: int, cfg: TrainConfig, total_steps: int, tail: tuple[int, float] | None = None) -> float:
     """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at ``total_steps``.
 
-    A pure function of the step, so a resumed run continues the same schedule.
+    ``tail = (start_step, start_lr)`` (a run extended by ``--extend-epochs``): from that step
+    on, a cosine from ``start_lr`` down to the same floor at ``total_steps``; a run that had
+    finished starts at the floor and so stays there. A pure function of the step, so a
+    resumed run continues the same schedule.
     """
+    floor = cfg.lr * cfg.min_lr_ratio
+    if tail is not None and step >= tail[0]:
+        progress = min(1.0, (step - tail[0]) / max(1, total_steps - tail[0]))
+        return floor + 0.5 * (1 + math.cos(math.pi * progress)) * (tail[1] - floor)
     warmup = min(cfg.warmup_steps, max(1, total_steps // 10))
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - floor)

@@ -1,10 +1,12 @@
 """What a run leaves behind: its folder, resolved config, provenance, log file, metrics."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -12,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from src.config import Config, save_config
+from src.config import Config, ConfigError, save_config
 
 log = logging.getLogger("signstream")
 PACKAGES = ("torch", "numpy", "pyyaml", "tensorboard", "matplotlib", "imageio", "tqdm")
@@ -49,19 +51,79 @@ def create_run_dir(cfg: Config) -> Path:
     n = 1
     while run.exists():  # two runs in the same second get distinct folders
         run, n = base / f"{stamp}-{n}", n + 1
-    run.mkdir(parents=True)
-    save_config(cfg, run / "config.yaml")
-    write_json(run / "provenance.json", {"git": git_info(), "environment": environment(),
-                                          "argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    try:
+        run.mkdir(parents=True)
+        save_config(cfg, run / "config.yaml")
+        write_json(run / "provenance.json", {"git": git_info(), "environment": environment(),
+                                              "argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+    except OSError as e:
+        from src.cli import describe_os_error
+
+        shutil.rmtree(run, ignore_errors=True)  # no half-made run folder
+        raise ConfigError(f"save_path={cfg.save_path}: cannot create the run folder there "
+                          f"({describe_os_error(e)}; or set save_path=<a writable folder>)") from None
     return run
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    """Atomic JSON write (temp file, then rename)."""
+    """Atomic JSON write (temp file, then rename); a failure leaves no temp file and names ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=float))
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise named(e, path) from None
+
+
+def named(e: OSError, path: str | Path) -> OSError:
+    """``e`` with ``path`` as its file name when it has none (a full disk fails in write())."""
+    return e if e.filename else type(e)(e.errno, e.strerror, str(path))
+
+
+def remove_stale_temps(folder: str | Path, target: str = "*") -> list[Path]:
+    """Delete ``.<target>.<pid>.tmp`` files in ``folder`` left by a killed process (pid not running)."""
+    removed = []
+    for tmp in Path(folder).glob(f".{target}.*.tmp"):
+        pid = tmp.name[:-len(".tmp")].rsplit(".", 1)[-1]
+        if pid.isdigit() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def drop_epochs_after(path: str | Path, epoch: int) -> int:
+    """Rewrite a metrics.jsonl without the lines past ``epoch`` (and any half-written line); returns
+    how many were dropped. A run killed after its metrics line but before its checkpoint, then
+    resumed, would otherwise log that epoch twice."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines()
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line)["epoch"] <= epoch:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            pass
+    if len(keep) < len(lines):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        os.replace(tmp, path)
+    return len(lines) - len(keep)
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ import torch
 from src.config import Config, DataConfig
 from src.data.dataset import PoseDataset
 from src.data.keypoints import STREAM_NAMES
-from src.data.source import DataError, read_json
+from src.data.source import DataError, read_splits
 from src.inference import tokenize, to_pixels
 from src.metrics.recon import mpjpe_sums
 from src.models.tokenizer import SignTokenizer
@@ -25,7 +25,7 @@ def find_sequence(data_cfg: DataConfig, name: str | None, split: str = "val") ->
     if not root.is_dir():
         raise DataError(f"data root not found: {root} (pass --root <CSL-Daily folder>)")
     path = root / data_cfg.split_file
-    splits = read_json(path, "split file")
+    splits = read_splits(root, data_cfg.split_file)
     if name is None:
         if not splits.get(split):
             raise DataError(f"{path}: split '{split}' is missing or empty (has {', '.join(splits)})")

@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from src.cli import run
 from src.data.synth import write_synthetic_dataset
 
 
@@ -28,15 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.num < 0 or args.seed < 0:
         parser.error("--num and --seed must be >= 0")
-    try:
-        counts = write_synthetic_dataset(args.out, args.num, args.seed, args.min_frames, args.max_frames)
-    except ValueError as err:
-        parser.error(str(err))
-    annotations = json.loads((args.out / "annotations.json").read_text(encoding="utf-8"))
-    frames = sum(a["num_frames"] for a in annotations.values())
-    splits = ", ".join(f"{name} {n}" for name, n in counts.items())
-    print(f"wrote {len(annotations)} sequences to {args.out} ({splits}; {frames} frames)")
-    return 0
+
+    def body() -> int:
+        try:
+            counts = write_synthetic_dataset(args.out, args.num, args.seed, args.min_frames, args.max_frames)
+        except ValueError as err:
+            parser.error(str(err))
+        annotations = json.loads((args.out / "annotations.json").read_text(encoding="utf-8"))
+        frames = sum(a["num_frames"] for a in annotations.values())
+        splits = ", ".join(f"{name} {n}" for name, n in counts.items())
+        print(f"wrote {len(annotations)} sequences to {args.out} ({splits}; {frames} frames)")
+        return 0
+
+    return run(body)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,20 @@ def main(argv: list[str] | None = None, distributed: bool = False) -> int:
                "train the tokenizer with DDP; launch under torchrun --nproc_per_node=N")
     add_config_args(p)
     p.add_argument("--checkpoint", help="resume exactly from this checkpoint (ckpt_last.pt of a run)")
+    p.add_argument("--extend-epochs", type=int, default=0, metavar="N",
+                   help="with --checkpoint: train N epochs past it, the learning rate going from its value "
+                        "there down to the floor on a cosine (a finished run stays at the floor); "
+                        "train.epochs becomes the checkpoint's epoch + N")
     args = p.parse_args(argv)
+    if args.extend_epochs < 0 or (args.extend_epochs and not args.checkpoint):
+        p.error("--extend-epochs N needs N >= 1 and --checkpoint (the run to extend)")
 
     def body() -> int:
         from src.train.loop import NonFiniteLoss, train
 
         try:
-            run_dir = train(config_from_args(args), args.checkpoint, require_distributed=distributed)
+            run_dir = train(config_from_args(args), args.checkpoint, require_distributed=distributed,
+                            extend_epochs=args.extend_epochs)
         except NonFiniteLoss as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
