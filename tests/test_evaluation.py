@@ -241,7 +241,7 @@ def test_empty_or_missing_split_is_a_clear_error(synth_root, tmp_path):
     (root / "annotations.json").write_text((synth_root / "annotations.json").read_text())
     (root / "split_files.json").write_text(json.dumps({"train": [], "val": splits["val"]}))
     data = dataclasses.replace(cfg.data, root=str(root))
-    with pytest.raises(DataError, match="split 'train' lists no sequence"):
+    with pytest.raises(DataError, match="split 'train' has no usable sequence: split_files.json lists none"):
         PoseDataset(data, "train")
     with pytest.raises(DataError, match="no split 'test' .has train, val"):
         PoseDataset(data, "test")

@@ -116,7 +116,8 @@ class PoseDataset(Dataset):
         self.names = list(self.lengths)
         log.info("%s split '%s': %s", root, split, self.report.summary())
         if not listed:
-            raise DataError(f"{root / cfg.split_file}: split '{split}' lists no sequence (pick another --split)")
+            raise DataError(f"{root}: split '{split}' has no usable sequence: {cfg.split_file} lists none "
+                            "for it (pick another split)")
         if not self.names:
             raise DataError(f"{root}: split '{split}' has no usable sequence ({self.report.summary()})")
         self.annotations = {n: annotations[n] for n in self.names}

@@ -169,7 +169,7 @@ class Evaluator:
             (tokens, codes), (chunks, _) = self.sums[f"hold_{kind}_tokens"].numpy(), \
                 self.sums[f"hold_{kind}_chunks"].numpy()
             out[kind] = {s: {"chunks": int(chunks[i]), "codes": int(codes[i]), "tokens_rle": int(tokens[i]),
-                             "compression": float(1 - tokens[i] / codes[i]) if codes[i] else float("nan")}
+                             "compression": float(1 - tokens[i] / codes[i]) if codes[i] else None}
                          for i, s in enumerate(kp.STREAM_NAMES)}
         return out
 
