@@ -193,10 +193,13 @@ def test_hold_measures_count_a_constructed_sequence():
     # chunk 0: never (its codes must be sent); 1: still with chunk 0; 2: moves; 3: jumps in from chunk 2
     assert still[:, 0].tolist() == [False, True, False, False]
     assert (still == still[:, :1]).all()  # every stream moved together
+    alone = motion_hold_chunks(gt, mask, torch.ones(1, c, dtype=torch.bool), chunk_len, 0.5, span=1)[0]
+    assert alone[:, 0].tolist() == [True, True, False, True]  # static chunks, each on its own
 
     frames = np.zeros(23, bool)
     frames[:10] = frames[15:] = True
     assert annotated_hold_chunks(frames, 23, 5, 5).tolist() == [False, True, False, False, True]
+    assert annotated_hold_chunks(frames, 23, 5, 5, span=1).tolist() == [True, True, False, True, True]
     tokens, codes = np.array([[2, 2], [1, 2], [0, 2], [2, 2]]), np.full((4, 2), 2)
     held = np.array([[0, 0], [1, 1], [1, 0], [0, 0]], bool)
     t_sum, c_sum, n = hold_token_sums(tokens, codes, held)
@@ -225,9 +228,11 @@ def test_report_gives_rates_holds_and_split_sizes(report, synth_root, tiny):
     assert tok["tokens_per_chunk_rle"] <= tok["codes_per_chunk"] == 2 * len(kp.STREAM_NAMES)
     holds = report["result"]["holds"]
     assert holds["annotated"]["LH"]["chunks"] > 0  # the synthetic signer's annotations know its holds
-    for kind in ("motion", "annotated"):
-        for v in holds[kind].values():
+    for kind in ("motion", "motion_static", "annotated", "annotated_static"):
+        for s, v in holds[kind].items():
             assert v["tokens_rle"] <= v["codes"] == 2 * v["chunks"]
+            if kind.endswith("_static"):  # a hold chunk is also static
+                assert v["chunks"] >= holds[kind[:-7]][s]["chunks"]
     splits = json.loads((synth_root / "split_files.json").read_text())
     assert report["split_sizes"] == {k: len(v) for k, v in splits.items()}
 
@@ -275,6 +280,6 @@ def test_eval_rvq_shifts_option(tiny_checkpoint, tmp_path, capsys):
     assert list(report["shifts"]["shifts"]) == ["legs_absent", "face_gaps"]
     assert "| legs_absent |" in (tmp_path / "report.shifts.md").read_text()
     printed = capsys.readouterr().out
-    assert "tokens after RLE" in printed and "holds (" in printed
+    assert "tokens after RLE" in printed and "hold chunks (" in printed and "static chunks (" in printed
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(tiny_checkpoint), "--shifts", "nope"])

@@ -92,7 +92,8 @@ class Evaluator:
     def _add_tokens(self, batch: Batch, codes: np.ndarray, gt: torch.Tensor, mask: torch.Tensor) -> None:
         """Codes and RLE tokens per stream, overall and on hold chunks (motion and annotated)."""
         cm, chunk_len = batch.chunk_mask, self.cfg.data.chunk_len
-        still = motion_hold_chunks(gt, mask, cm, chunk_len, self.hold_motion_px).cpu().numpy()
+        held = {span: motion_hold_chunks(gt, mask, cm, chunk_len, self.hold_motion_px, span).cpu().numpy()
+                for span in (2, 1)}
         start = 0
         for b, c in enumerate(cm.sum(1).tolist()):
             streams = codes_to_streams(codes[start:start + c])
@@ -101,11 +102,13 @@ class Evaluator:
             tokens = np.array([tokens[s] for s in kp.STREAM_NAMES]).T             # (C, S)
             n_codes = np.array([[len(v) for v in streams[s]] for s in kp.STREAM_NAMES]).T
             self._add("stream_tokens", tokens.sum(0), n_codes.sum(0))
-            self._add_holds("motion", tokens, n_codes, still[b, :c])
+            self._add_holds("motion", tokens, n_codes, held[2][b, :c])
+            self._add_holds("motion_static", tokens, n_codes, held[1][b, :c])
             frames = self.holds.get(batch.names[b])
             if frames is not None:
-                held = annotated_hold_chunks(frames, int(batch.num_frames[b]), c, chunk_len)
-                self._add_holds("annotated", tokens, n_codes, np.repeat(held[:, None], S, 1))
+                for span, kind in ((2, "annotated"), (1, "annotated_static")):
+                    known = annotated_hold_chunks(frames, int(batch.num_frames[b]), c, chunk_len, span)
+                    self._add_holds(kind, tokens, n_codes, np.repeat(known[:, None], S, 1))
 
     def _add_holds(self, kind: str, tokens: np.ndarray, codes: np.ndarray, held: np.ndarray) -> None:
         tokens_held, codes_held, chunks_held = hold_token_sums(tokens, codes, held)
@@ -163,7 +166,7 @@ class Evaluator:
     def _holds(self) -> dict:
         """Per stream, over hold chunks: how many, their codes, RLE tokens and the compression."""
         out = {"motion_px_per_frame": self.hold_motion_px}
-        for kind in ("motion", "annotated"):
+        for kind in ("motion", "motion_static", "annotated", "annotated_static"):
             if f"hold_{kind}_tokens" not in self.sums:
                 continue
             (tokens, codes), (chunks, _) = self.sums[f"hold_{kind}_tokens"].numpy(), \

@@ -3,7 +3,10 @@
 
 A chunk is a hold for a stream when the stream stays still over that chunk *and* the one
 before it (the step between them included): only then can its codes equal its
-predecessor's. The first chunk of a sequence never is one, since RLE must send it anyway.
+predecessor's, so an ideal coder compresses hold chunks by nearly 100%. The first chunk of a
+sequence never is one. ``span=1`` counts instead every chunk that is still on its own (a
+static segment's first chunk included, whose codes must be sent): the figure the
+specification's "compression on static segments" asks for.
 Still is either measured (the ground truth's mean point motion below a threshold, in
 pixels per frame, in the stream's own frame: centre-free for the part streams, absolute
 for the full body) or known (frame ranges in the annotations, as the synthetic signer writes).
@@ -17,9 +20,10 @@ from src.losses import stream_pool
 
 
 def motion_hold_chunks(gt_px: torch.Tensor, mask: torch.Tensor, chunk_mask: torch.Tensor, chunk_len: int,
-                       threshold_px: float) -> torch.Tensor:
+                       threshold_px: float, span: int = 2) -> torch.Tensor:
     """(B, C, S) bool: chunk t of a stream is a hold when the ground truth's mean point motion
-    over chunks t-1 and t is below ``threshold_px`` per frame.
+    over chunks t-1 and t (``span=2``; chunk t alone with ``span=1``) is below ``threshold_px``
+    per frame.
 
     ``gt_px`` (B, C*L, P, 2) is the pixel timeline, ``mask`` (B, C*L, P) its observed points.
     """
@@ -33,6 +37,9 @@ def motion_hold_chunks(gt_px: torch.Tensor, mask: torch.Tensor, chunk_mask: torc
         return torch.cat([v, v.new_zeros(b, 1, v.shape[-1])], 1).view(b, c, chunk_len, -1)
 
     sums, counts = per_chunk(sums), per_chunk(counts)
+    if span == 1:
+        inner_sums, inner_counts = sums[:, :, :-1].sum(2), counts[:, :, :-1].sum(2)
+        return (inner_counts > 0) & (inner_sums < threshold_px * inner_counts) & chunk_mask[..., None]
     # chunk t-1's steps (the one into chunk t included) + chunk t's own steps
     window_sums = sums[:, :-1].sum(2) + sums[:, 1:, :-1].sum(2)
     window_counts = counts[:, :-1].sum(2) + counts[:, 1:, :-1].sum(2)
@@ -50,8 +57,10 @@ def frames_from_ranges(ranges: list, num_frames: int) -> np.ndarray:
     return out
 
 
-def annotated_hold_chunks(still: np.ndarray, num_frames: int, num_chunks: int, chunk_len: int) -> np.ndarray:
-    """(C,) bool: chunks t >= 1 whose frames and chunk t-1's are all still.
+def annotated_hold_chunks(still: np.ndarray, num_frames: int, num_chunks: int, chunk_len: int,
+                          span: int = 2) -> np.ndarray:
+    """(C,) bool: chunks t >= 1 whose frames and chunk t-1's are all still (``span=2``), or
+    every chunk whose own frames are (``span=1``).
 
     ``still`` is per source frame; it is mapped by nearest frame when the model's frame
     rate gives ``num_frames`` frames instead.
@@ -59,8 +68,8 @@ def annotated_hold_chunks(still: np.ndarray, num_frames: int, num_chunks: int, c
     if len(still) != num_frames:
         still = still[np.rint(np.linspace(0, len(still) - 1, num_frames)).astype(int)]
     out = np.zeros(num_chunks, dtype=bool)
-    for t in range(1, num_chunks):
-        window = still[(t - 1) * chunk_len:min((t + 1) * chunk_len, num_frames)]
+    for t in range(span - 1, num_chunks):
+        window = still[(t - span + 1) * chunk_len:min((t + 1) * chunk_len, num_frames)]
         out[t] = window.size > 0 and bool(window.all())
     return out
 

@@ -85,15 +85,16 @@ def table(report: dict) -> str:
 
 def hold_lines(holds: dict) -> list[str]:
     """One line per kind of hold: per stream, the hold chunks and their RLE compression."""
-    names = {"motion": f"GT motion < {holds['motion_px_per_frame']:g} px/frame",
+    still = {"motion": f"GT motion < {holds['motion_px_per_frame']:g} px/frame",
              "annotated": "still frames from the annotations"}
+    chunks = {"": "hold chunks (still with the chunk before)", "_static": "static chunks (still on their own)"}
     lines = []
-    for kind, label in names.items():
-        if kind in holds:
-            cells = [f"{s} {100 * v['compression']:.1f}% of {v['chunks']}" if v["chunks"] else f"{s} -"
-                     for s, v in holds[kind].items()]
-            lines.append(f"holds ({label}): fewer tokens after RLE, per stream over its hold chunks: "
-                         + ", ".join(cells))
+    for kind, how in still.items():
+        for suffix, which in chunks.items():
+            if kind + suffix in holds:
+                cells = [f"{s} {100 * v['compression']:.1f}% of {v['chunks']}" if v["chunks"] else f"{s} -"
+                         for s, v in holds[kind + suffix].items()]
+                lines.append(f"{which}, {how}: fewer tokens after RLE per stream: " + ", ".join(cells))
     return lines
 
 
