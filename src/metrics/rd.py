@@ -67,8 +67,11 @@ def rd_plot(rows: list[dict], out: str | Path, title: str = "") -> Path:
         ax.axvspan(*SPEC_TOKENS_PER_S, color="tab:green", alpha=0.12, label="specification rate (12-24 tokens/s)")
         ax.plot(rates, errors, "-", color="tab:blue", alpha=0.4)
         ax.plot(rates, errors, "o", color="tab:blue", label="checkpoint (after RLE)")
+        middle = np.sqrt(rates.min() * rates.max())
         for rate, error, row in zip(rates, errors, rows):
-            ax.annotate(row["label"], (rate, error), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            right = len(rows) > 1 and rate > middle  # labels of the right half go left: they stay inside
+            ax.annotate(row["label"], (rate, error), textcoords="offset points", xytext=(-4 if right else 4, 4),
+                        ha="right" if right else "left", fontsize=7)
         ax.axhline(rows[0]["oracle_chunk_mean_px"][stream], color="tab:red", ls="--", label="oracle: exact chunk mean")
         ax.axhline(rows[0]["oracle_chunk_linear_px"][stream], color="tab:orange", ls=":",
                    label="oracle: exact chunk line")
