@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-rvq-ddp": ("src.commands.train.rvq_ddp", "train with DDP under torchrun (gloo on CPU, nccl on CUDA)"),
     "verify-overfit16": ("src.commands.verify.overfit16", "sanity check: overfit 16 sequences, exit 0 if recon <= 0.2x"),
     "eval-rvq": ("src.commands.eval.rvq", "evaluate a checkpoint: errors in px, oracles, smoothness, codebooks, speed"),
+    "eval-rd": ("src.commands.eval.rd", "rate-distortion report of several checkpoints: table and plot of px vs tokens/s"),
     "export-tokens": ("src.commands.infer.export_tokens", "export sign tokens as JSONL with RLE and LLM templates"),
     "viz-recon": ("src.commands.viz.recon", "render original vs reconstructed skeleton (GIF/MP4/PNG)"),
     "viz-tokens": ("src.commands.viz.tokens", "plot token timelines and codebook usage"),

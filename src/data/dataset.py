@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -11,7 +12,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from src.config import DataConfig
 from src.data import keypoints as kp
-from src.data.pose import CleanPose, chunk, clean, normalise, rotate, stream_centres, unit_length, upright_angle
+from src.data.pose import (
+    CleanPose, chunk, clean, denormalise, normalise, rotate, stream_centres, unit_length, upright_angle,
+)
 from src.data.source import DataError, PoseSource, read_json, scan_split, split_names
 from src.data.transforms import keypoint_dropout, mirror, part_dropout, random_crop, time_warp
 
@@ -56,12 +59,58 @@ def make_sample(raw: np.ndarray, cfg: DataConfig, rng: np.random.Generator | Non
     }
 
 
+def truth_in_input_frame(truth: dict, sample: dict) -> dict[str, np.ndarray]:
+    """The ground truth of a sample whose input was perturbed (e.g. jittered), in the input's
+    local frame: ``x_true`` (C, L, P, 2) and ``conf_true`` (C, L, P).
+
+    The model codes the input relative to the input's centres, unit and roll, so the truth is
+    mapped to pixels with its own frame and back with the input's; points count where both
+    were observed. Both samples must cover the same frames (no crop, no augmentation).
+    """
+    if truth["x"].shape != sample["x"].shape:
+        raise DataError(f"truth and input differ in shape: {truth['x'].shape} vs {sample['x'].shape}")
+    flat = (-1,) + truth["x"].shape[2:]
+    centres_in = sample["centres"].reshape(-1, *sample["centres"].shape[2:])
+    pixels = denormalise(truth["x"].reshape(flat), truth["centres"].reshape(centres_in.shape), float(truth["unit"]))
+    # from the truth's upright picture to the input's (each turned by its own roll angle)
+    pixels = rotate(pixels, float(truth["angle"]) - float(sample["angle"]), tuple(float(v) for v in sample["size"]))
+    origin = denormalise(np.zeros_like(pixels), centres_in, 1.0)  # each point's input centre
+    x_true = ((pixels - origin) / sample["unit"]).astype(np.float32).reshape(sample["x"].shape)
+    return {"x_true": x_true, "conf_true": truth["conf"] & sample["conf"]}
+
+
+RawTransform = Callable[[np.ndarray, str], np.ndarray]  # (raw [T, 134, 3], name) -> raw
+
+
+class _TransformedSource:
+    """A pose source whose arrays pass through a raw transform (what the scan must judge)."""
+
+    def __init__(self, source: PoseSource, transform: RawTransform):
+        self.source, self.transform = source, transform
+
+    def has(self, name: str) -> bool:
+        return self.source.has(name)
+
+    def load(self, name: str) -> np.ndarray:
+        return self.transform(self.source.load(name), name)
+
+
 class PoseDataset(Dataset):
-    """One split of a CSL-Daily-layout root. Unusable names are skipped, counted and logged once."""
+    """One split of a CSL-Daily-layout root. Unusable names are skipped, counted and logged once.
+
+    ``raw_transform(raw, name)`` changes each loaded array before preprocessing (the
+    controlled shifts of :mod:`src.metrics.shifts`); ``truth_transform`` gives, when the
+    input is perturbed beyond its truth (noise), the array the metrics score against
+    (``x_true``/``conf_true`` in the batch). Both must be deterministic per name.
+    """
 
     def __init__(self, cfg: DataConfig, split: str, train: bool = False, seed: int = 0,
-                 names: list[str] | None = None, progress: bool = False):
+                 names: list[str] | None = None, progress: bool = False,
+                 raw_transform: RawTransform | None = None, truth_transform: RawTransform | None = None):
         self.cfg, self.split, self.train, self.seed, self.epoch = cfg, split, train, seed, 0
+        if truth_transform is not None and (train or raw_transform is None):
+            raise ValueError("truth_transform needs a raw_transform and an evaluation dataset (train=False)")
+        self.raw_transform, self.truth_transform = raw_transform, truth_transform
         root = Path(cfg.root)
         if not root.is_dir():
             raise DataError(f"data root not found: {root} (set data.root=<CSL-Daily folder> "
@@ -69,10 +118,14 @@ class PoseDataset(Dataset):
         self.source = PoseSource(root, cfg.pose_dir, cfg.pack_dir)
         annotations = read_json(root / cfg.annotation_file, "annotation file")
         listed = names if names is not None else split_names(root, cfg.split_file, split)
-        self.lengths, self.report = scan_split(self.source, annotations, listed, cfg.conf_thresh,
+        scanned = self.source if raw_transform is None else _TransformedSource(self.source, raw_transform)
+        self.lengths, self.report = scan_split(scanned, annotations, listed, cfg.conf_thresh,
                                                cfg.min_frames, cfg.min_valid_frac, progress)
         self.names = list(self.lengths)
         log.info("%s split '%s': %s", root, split, self.report.summary())
+        if not listed:
+            raise DataError(f"{root}: split '{split}' has no usable sequence: {cfg.split_file} lists none "
+                            "for it (pick another split)")
         if not self.names:
             raise DataError(f"{root}: split '{split}' has no usable sequence ({self.report.summary()})")
         self.annotations = {n: annotations[n] for n in self.names}
@@ -87,8 +140,13 @@ class PoseDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         name = self.names[index]
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
+        raw = self.source.load(name)
         try:
-            sample = make_sample(self.source.load(name), self.cfg, rng)
+            if self.raw_transform is None:
+                return {"name": name, **make_sample(raw, self.cfg, rng)}
+            sample = make_sample(self.raw_transform(raw, name), self.cfg, rng)
+            if self.truth_transform is not None:
+                sample.update(truth_in_input_frame(make_sample(self.truth_transform(raw, name), self.cfg), sample))
         except (DataError, ValueError) as e:
             raise DataError(f"{name}: {e}") from None
         return {"name": name, **sample}
@@ -106,6 +164,12 @@ class Batch:
     unit: torch.Tensor         # (B,) pixels per unit
     num_frames: torch.Tensor   # (B,)
     names: list[str]
+    x_true: torch.Tensor | None = None     # (B, C, L, P, 2) ground truth when the input is perturbed
+    conf_true: torch.Tensor | None = None  # (B, C, L, P)
+
+    def truth(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the metrics score against: the input itself unless a perturbed input has a truth."""
+        return (self.x, self.conf) if self.x_true is None else (self.x_true, self.conf_true)
 
     def _map(self, fn) -> "Batch":
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -130,12 +194,14 @@ def collate(samples: list[dict]) -> Batch:
         return torch.from_numpy(out)
 
     frame_mask = pad("frame_mask")
+    truth = "x_true" in samples[0]
     return Batch(
         x=pad("x"), conf=pad("conf"), frame_mask=frame_mask, chunk_mask=frame_mask.any(-1),
         centres=pad("centres"),
         unit=torch.tensor([float(s["unit"]) for s in samples]),
         num_frames=torch.tensor([int(s["num_frames"]) for s in samples]),
         names=[s["name"] for s in samples],
+        x_true=pad("x_true") if truth else None, conf_true=pad("conf_true") if truth else None,
     )
 
 

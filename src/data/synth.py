@@ -241,6 +241,14 @@ class _Track:
         way = np.linalg.norm(value[:, _POS] - self.values[-1][:, _POS], axis=-1).max()
         self.move(value, rng.uniform(4, 7) + 10 * way)
 
+    def still(self, t: np.ndarray) -> np.ndarray:
+        """(T,) bool: both hands hold still at nominal times ``t`` (a hold, or the rest before
+        the first and after the last keyframe)."""
+        times, values = np.array(self.times), np.array(self.values)
+        seg = np.clip(np.searchsorted(times, t, side="right") - 1, 0, len(times) - 2)
+        held = np.array([np.array_equal(values[i], values[i + 1]) for i in range(len(times) - 1)])
+        return (t <= times[0]) | (t >= times[-1]) | held[seg]
+
     def sample(self, t: np.ndarray) -> np.ndarray:
         """States (T, 2, 16) at nominal times ``t``."""
         times, values, bulges = np.array(self.times), np.array(self.values), np.array(self.bulges)
@@ -499,6 +507,15 @@ def synth_sequence(rng: np.random.Generator, num_frames: int, width: int = 512, 
     the last signer is left-handed. ``noise=False`` gives the ground truth of the same draw:
     no jitter, scores 1, nothing lost, no NaN frames (NaN frames keep row 0 in noisy mode).
     """
+    pose, glosses, _ = synth_sequence_with_holds(rng, num_frames, width, height, signer=signer, noise=noise)
+    return pose, glosses
+
+
+def synth_sequence_with_holds(rng: np.random.Generator, num_frames: int, width: int = 512, height: int = 512, *,
+                              signer: int | None = None, noise: bool = True
+                              ) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """:func:`synth_sequence` plus a (num_frames,) bool of the frames where both hands hold
+    still (sign holds and the rest pose; head, face and a slow body sway still move)."""
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     who = _signer(int(rng.integers(NUM_SIGNERS)) if signer is None else signer)
@@ -508,6 +525,7 @@ def synth_sequence(rng: np.random.Generator, num_frames: int, width: int = 512, 
         _perform(rng, track, sign, mouth)
     track.reach(rng, _REST)
     t = _frame_times(rng, track.times[-1], num_frames)
+    still = track.still(t)
     pts = _skeleton(rng, who, track.sample(t), _bumps(t, mouth))
     if who.left_handed:
         pts = pts[:, MIRROR_PERM] * [-1, 1] + [_REF, 0]
@@ -518,7 +536,13 @@ def synth_sequence(rng: np.random.Generator, num_frames: int, width: int = 512, 
         pose = np.concatenate([pts, np.ones(pts.shape[:2] + (1,))], -1)
         pose[:, _HIDDEN] = 0.0
     pose[:, SIZE_ROW] = (width, height, 0)
-    return pose.astype(np.float32), [s.gloss for s in signs]
+    return pose.astype(np.float32), [s.gloss for s in signs], still
+
+
+def frame_ranges(mask: np.ndarray) -> list[list[int]]:
+    """[[start, end), ...] of the True runs of a (T,) bool."""
+    edges = np.diff(np.r_[0, mask.astype(np.int8), 0])
+    return [[int(a), int(b)] for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
 
 # ---------------------------------------------------------------------------- dataset
 
@@ -575,10 +599,11 @@ def write_synthetic_dataset(
         rng = np.random.default_rng([seed, i])
         num_frames = int(rng.integers(min_frames, max_frames + 1))
         signer = int(rng.integers(NUM_SIGNERS))
-        pose, glosses = synth_sequence(rng, num_frames, signer=signer)
+        pose, glosses, still = synth_sequence_with_holds(rng, num_frames, signer=signer)
         _atomic_write(root / _FRAMES_DIR / f"{name}.npy", _npy_bytes(pose))
+        # holds: frame ranges [start, end) where both hands hold still (the hold measure's truth)
         annotations[name] = {"text": _text(glosses), "gloss": " ".join(glosses),
-                             "num_frames": num_frames, "signer": signer}
+                             "num_frames": num_frames, "signer": signer, "holds": frame_ranges(still)}
         splits[_split_of(i, fractions)].append(name)
     for file, data in (("annotations.json", annotations), ("split_files.json", splits)):
         _atomic_write(root / file, json.dumps(data, indent=1, ensure_ascii=False).encode("utf-8"))

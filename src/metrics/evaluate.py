@@ -17,11 +17,12 @@ from src.data import keypoints as kp
 from src.data.dataset import Batch
 from src.losses import compute_losses, to_timeline
 from src.metrics.codebook import code_counts, code_label, usage_stats
+from src.metrics.holds import annotated_hold_chunks, hold_token_sums, motion_hold_chunks
 from src.metrics.recon import chunk_linear_oracle, chunk_mean_oracle, mpjpe_sums
 from src.metrics.temporal import adjacent_chunk_changes, boundary_jump_sums, frame_motion_sums, timeline_px
 from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer
-from src.tokens.rle import count_codes, count_tokens, rle_encode
+from src.tokens.rle import chunk_token_counts, rle_encode
 from src.tokens.sequence import codes_to_streams
 from src.train.distributed import all_reduce_sum
 
@@ -34,10 +35,18 @@ def chunk_units(batch: Batch) -> torch.Tensor:
 
 
 class Evaluator:
-    """Accumulates figures over batches; ``full`` adds oracles and temporal smoothness."""
+    """Accumulates figures over batches; ``full`` adds oracles, temporal smoothness, token
+    rates and codes on holds.
 
-    def __init__(self, cfg: Config, full: bool = False):
+    Holds are chunks where the ground truth stays still (``hold_motion_px`` per frame, see
+    :mod:`src.metrics.holds`); ``holds`` optionally gives per-sequence still frames known
+    from the data (the synthetic signer's annotations).
+    """
+
+    def __init__(self, cfg: Config, full: bool = False, hold_motion_px: float = 0.5,
+                 holds: dict[str, np.ndarray] | None = None):
         self.cfg, self.full = cfg, full
+        self.hold_motion_px, self.holds = hold_motion_px, holds or {}
         self.sums: dict[str, torch.Tensor] = {}
         self.counts = np.zeros((S, cfg.model.rvq.codes_per_stream, cfg.model.rvq.codebook_size), dtype=np.int64)
         self.changes: dict[str, list[torch.Tensor]] = {"rec": [], "gt": []}
@@ -52,7 +61,8 @@ class Evaluator:
     @torch.no_grad()
     def update(self, batch: Batch, out, losses: dict[str, torch.Tensor]) -> None:
         """Add one batch: ``out`` is the model output on the batch's valid chunks."""
-        x, conf, cm = batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask], batch.chunk_mask
+        cm = batch.chunk_mask
+        x, conf = (t[cm] for t in batch.truth())
         n = x.shape[0]
         self.num_chunks += n
         self.num_sequences += len(batch.names)
@@ -77,12 +87,33 @@ class Evaluator:
                   *boundary_jump_sums(timeline_px(chunkwise, cm, batch.unit), mask, chunk_len))
         self.changes["rec"].append(adjacent_chunk_changes(rec, mask, cm, chunk_len).cpu())
         self.changes["gt"].append(adjacent_chunk_changes(gt, mask, cm, chunk_len).cpu())
-        codes, start = out.vq.codes.cpu().numpy(), 0
-        for c in cm.sum(1).tolist():
+        self._add_tokens(batch, out.vq.codes.cpu().numpy(), gt, mask)
+
+    def _add_tokens(self, batch: Batch, codes: np.ndarray, gt: torch.Tensor, mask: torch.Tensor) -> None:
+        """Codes and RLE tokens per stream, overall and on hold chunks (motion and annotated)."""
+        cm, chunk_len = batch.chunk_mask, self.cfg.data.chunk_len
+        held = {span: motion_hold_chunks(gt, mask, cm, chunk_len, self.hold_motion_px, span).cpu().numpy()
+                for span in (2, 1)}
+        start = 0
+        for b, c in enumerate(cm.sum(1).tolist()):
             streams = codes_to_streams(codes[start:start + c])
-            self._add("rle_tokens", count_tokens(rle_encode(streams, max_run=self.cfg.export.max_run)),
-                      count_codes(streams))
             start += c
+            tokens = chunk_token_counts(rle_encode(streams, max_run=self.cfg.export.max_run))
+            tokens = np.array([tokens[s] for s in kp.STREAM_NAMES]).T             # (C, S)
+            n_codes = np.array([[len(v) for v in streams[s]] for s in kp.STREAM_NAMES]).T
+            self._add("stream_tokens", tokens.sum(0), n_codes.sum(0))
+            self._add_holds("motion", tokens, n_codes, held[2][b, :c])
+            self._add_holds("motion_static", tokens, n_codes, held[1][b, :c])
+            frames = self.holds.get(batch.names[b])
+            if frames is not None:
+                for span, kind in ((2, "annotated"), (1, "annotated_static")):
+                    known = annotated_hold_chunks(frames, int(batch.num_frames[b]), c, chunk_len, span)
+                    self._add_holds(kind, tokens, n_codes, np.repeat(known[:, None], S, 1))
+
+    def _add_holds(self, kind: str, tokens: np.ndarray, codes: np.ndarray, held: np.ndarray) -> None:
+        tokens_held, codes_held, chunks_held = hold_token_sums(tokens, codes, held)
+        self._add(f"hold_{kind}_tokens", tokens_held, codes_held)
+        self._add(f"hold_{kind}_chunks", chunks_held, chunks_held)
 
     def reduce(self) -> None:
         """Sum every figure over ranks (the percentiles of ``full`` stay per process)."""
@@ -118,10 +149,31 @@ class Evaluator:
             out["oracle_chunk_mean_px"] = self._per_stream("oracle_chunk_mean_px")
             out["oracle_chunk_linear_px"] = self._per_stream("oracle_chunk_linear_px")
             out["temporal"] = self._temporal()
-            tokens, codes = self.sums["rle_tokens"][:, 0].tolist()
-            out["tokens"] = {"codes_per_chunk": codes / max(self.num_chunks, 1),
-                             "tokens_per_chunk_rle": tokens / max(self.num_chunks, 1),
-                             "rle_compression": 1 - tokens / max(codes, 1)}
+            out["tokens"] = self._tokens()
+            out["holds"] = self._holds()
+        return out
+
+    def _tokens(self) -> dict:
+        """Codes and tokens after lossless RLE (an NC marker is one token), per chunk and per second."""
+        tokens, codes = self.sums["stream_tokens"].numpy()
+        chunks, per_s = max(self.num_chunks, 1), self.cfg.data.fps / self.cfg.data.chunk_len
+        return {"codes_per_chunk": codes.sum() / chunks, "tokens_per_chunk_rle": tokens.sum() / chunks,
+                "rle_compression": 1 - tokens.sum() / max(codes.sum(), 1),
+                "codes_per_s": codes.sum() / chunks * per_s, "tokens_per_s_rle": tokens.sum() / chunks * per_s,
+                "tokens_per_chunk_rle_stream": dict(zip(kp.STREAM_NAMES, (tokens / chunks).tolist())),
+                "chunks_per_s": per_s}
+
+    def _holds(self) -> dict:
+        """Per stream, over hold chunks: how many, their codes, RLE tokens and the compression."""
+        out = {"motion_px_per_frame": self.hold_motion_px}
+        for kind in ("motion", "motion_static", "annotated", "annotated_static"):
+            if f"hold_{kind}_tokens" not in self.sums:
+                continue
+            (tokens, codes), (chunks, _) = self.sums[f"hold_{kind}_tokens"].numpy(), \
+                self.sums[f"hold_{kind}_chunks"].numpy()
+            out[kind] = {s: {"chunks": int(chunks[i]), "codes": int(codes[i]), "tokens_rle": int(tokens[i]),
+                             "compression": float(1 - tokens[i] / codes[i]) if codes[i] else None}
+                         for i, s in enumerate(kp.STREAM_NAMES)}
         return out
 
     def _temporal(self) -> dict:
@@ -173,11 +225,15 @@ def autocast(device: torch.device, cfg: Config) -> contextlib.AbstractContextMan
 
 @torch.no_grad()
 def evaluate(model: SignTokenizer, loader, cfg: Config, device: torch.device, full: bool = False,
-             progress: bool = False) -> tuple[Evaluator, dict]:
-    """Run the model (eval mode, no codebook updates) over a loader; returns the evaluator and timing."""
+             progress: bool = False, hold_motion_px: float = 0.5,
+             holds: dict[str, np.ndarray] | None = None) -> tuple[Evaluator, dict]:
+    """Run the model (eval mode, no codebook updates) over a loader; returns the evaluator and timing.
+
+    The model codes ``batch.x``; the metrics score against ``batch.truth()``.
+    """
     was_training = model.training
     model.eval()
-    ev = Evaluator(cfg, full)
+    ev = Evaluator(cfg, full, hold_motion_px, holds)
     latencies = []
     for batch in tqdm(loader, desc="eval", disable=not progress or None, leave=False):
         batch = batch.to(device)

@@ -10,8 +10,10 @@ import torch
 
 from src.data import keypoints as kp
 from src.data.dataset import PoseDataset, make_loader
+from src.data.source import read_json
 from src.metrics.codebook import first_level_min
 from src.metrics.evaluate import evaluate
+from src.metrics.holds import frames_from_ranges
 
 PARTS = ("F", "LH", "RH", "B")
 
@@ -65,11 +67,17 @@ def table(report: dict) -> str:
     width = max(len(row[0]) for row in rows)
     lines = ["  ".join([row[0].ljust(width)] + [c.rjust(8) for c in row[1:]]) for row in rows]
     loss, tok, eff = r["loss"], r["tokens"], report["efficiency"]
-    lines += [f"split {report['split']}: {r['num_sequences']} sequences, {r['num_chunks']} chunks",
+    sizes = ", ".join(f"{k} {v}" for k, v in report.get("split_sizes", {}).items())
+    lines += [f"split {report['split']}: {r['num_sequences']} sequences, {r['num_chunks']} chunks"
+              + (f" (listed per split: {sizes}; skipped here: {sum(report['skipped'].values())})" if sizes else ""),
               f"huber recon (weighted) {loss['recon']:.4f}; per stream "
               + " ".join(f"{s} {loss['recon/' + s]:.4f}" for s in kp.STREAM_NAMES),
               f"codes per chunk {tok['codes_per_chunk']:.2f}, tokens per chunk after RLE "
-              f"{tok['tokens_per_chunk_rle']:.2f} (compression {100 * tok['rle_compression']:.1f}%)",
+              f"{tok['tokens_per_chunk_rle']:.2f} (compression {100 * tok['rle_compression']:.1f}%); "
+              f"per second {tok['codes_per_s']:.1f} codes, {tok['tokens_per_s_rle']:.1f} tokens after RLE",
+              "  tokens per chunk after RLE per stream: "
+              + " ".join(f"{s} {tok['tokens_per_chunk_rle_stream'][s]:.2f}" for s in kp.STREAM_NAMES),
+              *hold_lines(r["holds"]),
               f"speed {eff['sequences_per_s']:.1f} seq/s, {eff['chunks_per_s']:.0f} chunks/s, "
               f"batch latency p50 {eff['batch_latency_ms_p50']:.1f} ms, peak memory {eff['peak_memory_mb']:.0f} MB "
               f"({eff['memory_kind']})"]
@@ -77,6 +85,21 @@ def table(report: dict) -> str:
               + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in c.items() if k != "pass")
               for name, c in report["checks"].items()]
     return "\n".join(lines)
+
+
+def hold_lines(holds: dict) -> list[str]:
+    """One line per kind of hold: per stream, the hold chunks and their RLE compression."""
+    still = {"motion": f"GT motion < {holds['motion_px_per_frame']:g} px/frame",
+             "annotated": "still frames from the annotations"}
+    chunks = {"": "hold chunks (still with the chunk before)", "_static": "static chunks (still on their own)"}
+    lines = []
+    for kind, how in still.items():
+        for suffix, which in chunks.items():
+            if kind + suffix in holds:
+                cells = [f"{s} {100 * v['compression']:.1f}% of {v['chunks']}" if v["chunks"] else f"{s} -"
+                         for s, v in holds[kind + suffix].items()]
+                lines.append(f"{which}, {how}: fewer tokens after RLE per stream: " + ", ".join(cells))
+    return lines
 
 
 def _cells(values: dict) -> tuple[str, ...]:
@@ -91,18 +114,34 @@ def peak_memory(device) -> tuple[float, str]:
     return rss / (2**20 if sys.platform == "darwin" else 2**10), "process peak RSS"
 
 
-def evaluation_report(model, cfg, split: str, device, batch_size: int = 16, progress: bool = True) -> dict:
+def split_sizes(data) -> dict[str, int]:
+    """Names listed per split in the root's split file."""
+    from pathlib import Path
+
+    return {k: len(v) for k, v in read_json(Path(data.root) / data.split_file, "split file").items()}
+
+
+def annotated_holds(dataset: PoseDataset) -> dict[str, np.ndarray]:
+    """Still frames of the sequences whose annotation lists ``holds`` (the synthetic signer's)."""
+    return {n: frames_from_ranges(a["holds"], dataset.lengths[n])
+            for n, a in dataset.annotations.items() if isinstance(a, dict) and "holds" in a}
+
+
+def evaluation_report(model, cfg, split: str, device, batch_size: int = 16, progress: bool = True,
+                      hold_motion_px: float = 0.5) -> dict:
     """Evaluate a model on a split (whole sequences) and assemble the full report."""
     data = dataclasses.replace(cfg.data, max_frames=0)  # evaluate whole sequences, never a crop
     dataset = PoseDataset(data, split, progress=progress)
     loader = make_loader(dataset, batch_size, train=False, num_workers=data.num_workers)
-    ev, timing = evaluate(model, loader, cfg, device, full=True, progress=progress)
+    ev, timing = evaluate(model, loader, cfg, device, full=True, progress=progress,
+                          hold_motion_px=hold_motion_px, holds=annotated_holds(dataset))
     result, health = ev.result(), ev.codebook_health(model)
     seconds = max(sum(timing["latencies_s"]), 1e-9)
     memory, kind = peak_memory(device)
     efficiency = {"sequences_per_s": result["num_sequences"] / seconds, "chunks_per_s": result["num_chunks"] / seconds,
                   "batch_latency_ms_p50": 1000 * float(np.median(timing["latencies_s"])),
                   "batch_size": batch_size, "peak_memory_mb": memory, "memory_kind": kind, "device": str(device)}
-    return {"split": split, "root": str(data.root), "skipped": dict(dataset.report.reasons),
+    return {"split": split, "root": str(data.root), "split_sizes": split_sizes(data),
+            "skipped": dict(dataset.report.reasons),
             "result": result, "codebook": health, "efficiency": efficiency,
             "checks": checks(result, health, cfg.model.rvq.codebook_size)}

@@ -58,6 +58,13 @@ def count_tokens(entries: list[dict]) -> int:
     return sum(1 if is_nc(v) else len(v) for e in entries for k, v in e.items() if k != "t")
 
 
+def chunk_token_counts(entries: list[dict]) -> dict[str, list[int]]:
+    """Stream tokens each chunk costs in RLE entries: its codes, 1 for an NC marker starting a
+    run, 0 inside a run. Per stream, the counts sum to :func:`count_tokens`."""
+    streams = [s for s in STREAM_NAMES if s in entries[0]] if entries else []
+    return {s: [0 if s not in e else 1 if is_nc(e[s]) else len(e[s]) for e in entries] for s in streams}
+
+
 def rle_encode(
     codes: Codes, unchanged: dict[str, list[bool]] | None = None, max_run: int | None = None
 ) -> list[dict]:

@@ -1,5 +1,6 @@
 """eval-rvq: evaluate a checkpoint on a split: errors in pixels next to the chunk oracles,
-temporal smoothness, codebook health, token rates and speed."""
+temporal smoothness, codebook health, token rates, codes on holds, speed, and optionally
+the errors under controlled shifts of the input."""
 from __future__ import annotations
 
 from src.cli import parser, run
@@ -10,30 +11,55 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by train-rvq")
     p.add_argument("--root", help="data root (default: the one the checkpoint was trained on)")
     p.add_argument("--split", default="val", help="split to evaluate")
-    p.add_argument("--out", help="write the report as JSON here")
+    p.add_argument("--out", help="write the report as JSON here (with --shifts also <out>.shifts.md)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--levels", default="",
                    help="code fewer residual levels than trained, e.g. F=1,LH=1 (a lower rate from the same weights)")
+    p.add_argument("--hold-motion-px", type=float, default=0.5,
+                   help="a chunk is a hold where the ground truth moves less than this, px per frame")
+    p.add_argument("--shifts", help="also evaluate controlled shifts of the input: all, or names "
+                                    "separated by commas (src/metrics/shifts.py lists them)")
     args = p.parse_args(argv)
+    if args.shifts:
+        from src.metrics.shifts import select
+        try:
+            select(args.shifts)  # a typo fails here, before the evaluation
+        except ValueError as e:
+            p.error(f"--shifts: {e}")
 
     def body() -> int:
+        from pathlib import Path
+
         from src.inference import load_tokenizer, parse_levels
         from src.metrics.report import evaluation_report, table
+        from src.metrics.shifts import select, shift_markdown, shift_report
         from src.train.distributed import pick_device
         from src.train.runlog import write_json
+        from src.viz._figure import atomic_path
 
+        shifts = select(args.shifts) if args.shifts else []
         device = pick_device(args.device)
         levels = parse_levels(args.levels)
         model, cfg = load_tokenizer(args.checkpoint, device, levels)
         if args.root:
             cfg.data.root = args.root
         report = {"checkpoint": args.checkpoint,
-                  **evaluation_report(model, cfg, args.split, device, args.batch_size)}
+                  **evaluation_report(model, cfg, args.split, device, args.batch_size,
+                                      hold_motion_px=args.hold_motion_px)}
         print(table(report))
+        if shifts:
+            report["shifts"] = shift_report(model, cfg, args.split, device, report, shifts, args.batch_size)
+            markdown = shift_markdown(report["shifts"])
+            print("\ncontrolled shifts\n" + markdown)
         if args.out:
             write_json(args.out, report)
             print(f"report: {args.out}")
+            if shifts:
+                md = Path(args.out).with_suffix(".shifts.md")
+                with atomic_path(md) as tmp:
+                    tmp.write_text(markdown)
+                print(f"shifts table: {md}")
         return 0
 
     return run(body)
