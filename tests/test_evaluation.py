@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from src.data import keypoints as kp
+from src.data.pose import rotate
 from src.data.dataset import PoseDataset, make_sample, truth_in_input_frame
 from src.data.source import DataError
 from src.data.synth import frame_ranges, synth_sequence_with_holds
@@ -146,9 +147,12 @@ def test_truth_in_input_frame_maps_through_pixels(raw, tiny):
     assert np.allclose(same["x_true"], clean["x"], atol=1e-5) and np.array_equal(same["conf_true"], clean["conf"])
     noisy = make_sample(sh.SHIFTS["jitter_2px"].input(raw, "s"), data)
     mapped = truth_in_input_frame(clean, noisy)
-    per_point = np.repeat(noisy["centres"], [s.num_keypoints for s in kp.STREAMS], axis=2)
-    pixels = mapped["x_true"] * noisy["unit"] + per_point
-    clean_px = clean["x"] * clean["unit"] + np.repeat(clean["centres"], [s.num_keypoints for s in kp.STREAMS], axis=2)
+    counts, size = [s.num_keypoints for s in kp.STREAMS], tuple(clean["size"])
+    # back to the picture's pixels, each through its own frame (centres, unit, roll)
+    pixels = rotate(mapped["x_true"] * noisy["unit"] + np.repeat(noisy["centres"], counts, axis=2),
+                    float(noisy["angle"]), size)
+    clean_px = rotate(clean["x"] * clean["unit"] + np.repeat(clean["centres"], counts, axis=2),
+                      float(clean["angle"]), size)
     assert np.allclose(pixels, clean_px, atol=1e-3)  # the same pixels, expressed in the noisy input's frame
 
 
@@ -225,12 +229,12 @@ def test_report_gives_rates_holds_and_split_sizes(report, synth_root, tiny):
     assert tok["tokens_per_s_rle"] == pytest.approx(tok["tokens_per_chunk_rle"] * cfg.data.fps / cfg.data.chunk_len)
     assert tok["codes_per_s"] == pytest.approx(tok["codes_per_chunk"] * 3.0)
     assert sum(tok["tokens_per_chunk_rle_stream"].values()) == pytest.approx(tok["tokens_per_chunk_rle"])
-    assert tok["tokens_per_chunk_rle"] <= tok["codes_per_chunk"] == 2 * len(kp.STREAM_NAMES)
+    assert tok["tokens_per_chunk_rle"] <= tok["codes_per_chunk"] == cfg.model.rvq.codes_per_chunk
     holds = report["result"]["holds"]
     assert holds["annotated"]["LH"]["chunks"] > 0  # the synthetic signer's annotations know its holds
     for kind in ("motion", "motion_static", "annotated", "annotated_static"):
         for s, v in holds[kind].items():
-            assert v["tokens_rle"] <= v["codes"] == 2 * v["chunks"]
+            assert v["tokens_rle"] <= v["codes"] == cfg.model.rvq.stream_codes(s) * v["chunks"]
             if kind.endswith("_static"):  # a hold chunk is also static
                 assert v["chunks"] >= holds[kind[:-7]][s]["chunks"]
     splits = json.loads((synth_root / "split_files.json").read_text())
