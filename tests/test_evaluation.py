@@ -263,10 +263,12 @@ def test_eval_rd_writes_table_and_plot(tiny_run, tmp_path, capsys):
 
     first = sorted(tiny_run.glob("ckpt_epoch*.pt"))[0]
     out = tmp_path / "rd"
-    assert main(["--checkpoints", str(first), str(tiny_run / "ckpt_last.pt"), "--out", str(out),
-                 "--labels", "early", "last", "--device", "cpu"]) == 0
+    last = str(tiny_run / "ckpt_last.pt")
+    assert main(["--checkpoints", str(first), last, last + "@LH=1,RH=1", "--out", str(out),
+                 "--labels", "early", "last", "last 6 codes", "--device", "cpu"]) == 0
     result = json.loads((out / "rd.json").read_text())
-    assert [r["label"] for r in result["rows"]] == ["early", "last"]
+    assert [r["label"] for r in result["rows"]] == ["early", "last", "last 6 codes"]
+    assert [r["codes_per_chunk"] for r in result["rows"]] == [8, 8, 6]  # a lower rate from the same weights
     md = (out / "rd.md").read_text()
     assert "| early |" in md and "| last |" in md and "oracle: exact chunk line" in md
     png = (out / "rd.png").read_bytes()

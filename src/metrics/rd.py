@@ -97,8 +97,11 @@ def rd_plot(rows: list[dict], out: str | Path, title: str = "") -> Path:
 
 def rd_report(checkpoints: list[str], out_dir: str | Path, root: str | None = None, split: str = "val",
               device: str = "auto", batch_size: int = 16, labels: list[str] | None = None) -> dict:
-    """Evaluate each checkpoint (no training) and write ``rd.json``, ``rd.md`` and ``rd.png``."""
-    from src.inference import load_tokenizer
+    """Evaluate each checkpoint (no training) and write ``rd.json``, ``rd.md`` and ``rd.png``.
+
+    ``ckpt.pt@F=1,LH=1`` evaluates a checkpoint coding fewer levels (``eval-rvq --levels``).
+    """
+    from src.inference import load_tokenizer, parse_levels
     from src.metrics.report import evaluation_report
     from src.train.distributed import pick_device
     from src.train.runlog import write_json
@@ -109,7 +112,8 @@ def rd_report(checkpoints: list[str], out_dir: str | Path, root: str | None = No
     dev = pick_device(device)
     rows, roots = [], set()
     for i, checkpoint in enumerate(checkpoints):
-        model, cfg = load_tokenizer(checkpoint, dev)
+        path, _, levels = checkpoint.partition("@")  # "ckpt.pt@F=1,LH=1": fewer levels from the same weights
+        model, cfg = load_tokenizer(path, dev, parse_levels(levels))
         if root:
             cfg.data.root = root
         report = evaluation_report(model, cfg, split, dev, batch_size, progress=False)

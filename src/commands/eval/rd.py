@@ -8,7 +8,7 @@ from src.cli import parser, run
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("eval-rd", __doc__.split(":", 1)[1].strip())
-    p.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints written by train-rvq")
+    p.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints written by train-rvq; CKPT@F=1,LH=1 codes fewer levels from the same weights")
     p.add_argument("--labels", nargs="+", help="one label per checkpoint (default: <run folder>/<file>)")
     p.add_argument("--root", help="data root (default: each checkpoint's own)")
     p.add_argument("--split", default="val", help="split to evaluate")
