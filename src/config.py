@@ -45,6 +45,8 @@ class DataConfig:
     min_frames: int = 4
     min_valid_frac: float = 0.5      # of frames with both shoulders confident; else skipped
     lowpass_sigma: float = 0.0       # Gaussian smoothing over time, in frames; 0 = off
+    causal: bool = False             # each frame normalised from frames up to it only (src/data/causal.py)
+    causal_warmup: int = 10          # causal mode: the first N frames share the estimates at frame N
     num_workers: int = 4
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 

@@ -90,6 +90,17 @@ def tokenize(model: SignTokenizer, samples: list[dict], device: str | torch.devi
     return out
 
 
+def _per_frame(value: float | np.ndarray, num_frames: int) -> float | np.ndarray:
+    """A per-sequence value as a float; a per-frame one (C, L) as its first ``num_frames`` values."""
+    return np.asarray(value).reshape(-1)[:num_frames] if np.ndim(value) else float(value)
+
+
+def frame_units(sample: dict, num_chunks: int) -> torch.Tensor:
+    """The sample's unit for the metrics: (num_chunks,) per sequence, or (C, L) per frame."""
+    unit = sample["unit"]
+    return torch.from_numpy(np.asarray(unit, np.float32)) if np.ndim(unit) else torch.full((num_chunks,), float(unit))
+
+
 def to_pixels(local: np.ndarray, sample: dict, stream: str = "parts") -> np.ndarray:
     """Chunked local coordinates (C, L, P, 2) -> a pose file array (T, 134, 3) in pixels.
 
@@ -100,7 +111,8 @@ def to_pixels(local: np.ndarray, sample: dict, stream: str = "parts") -> np.ndar
     flat = local.reshape(-1, kp.NUM_STREAM_POINTS, 2)[:t]
     centres = sample["centres"].reshape(-1, len(kp.STREAMS), 2)[:t]
     size = tuple(float(v) for v in sample["size"])
-    points = rotate(denormalise(flat, centres, float(sample["unit"])), float(sample.get("angle", 0.0)), size)
+    unit, angle = (_per_frame(sample.get(k, 0.0), t) for k in ("unit", "angle"))
+    points = rotate(denormalise(flat, centres, unit), angle, size)
     xy = to_rows(points, stream)
     seen = to_rows(np.repeat(sample["conf"].reshape(-1, kp.NUM_STREAM_POINTS)[:t, :, None], 2, axis=-1)
                    .astype(np.float32), stream)[..., 0]

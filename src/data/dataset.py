@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from src.config import DataConfig
 from src.data import keypoints as kp
+from src.data.causal import causal_centres, causal_clean, time_warp_raw
 from src.data.pose import (
     CleanPose, chunk, clean, denormalise, normalise, rotate, stream_centres, unit_length, upright_angle,
 )
@@ -27,24 +28,28 @@ def make_sample(raw: np.ndarray, cfg: DataConfig, rng: np.random.Generator | Non
     ``rng`` switches the training augmentations on (each also switchable in ``cfg``).
     Returns ``x`` (C, L, P, 2), ``conf`` (C, L, P) with P = 242 stream points, ``frame_mask`` (C, L),
     ``centres`` (C, L, 5, 2) in pixels of the upright picture, the ``unit`` in pixels and
-    the ``angle`` (radians) that turns the upright picture back into the input's.
+    the ``angle`` (radians) that turns the upright picture back into the input's: one number
+    each, or one per frame (C, L) with ``cfg.causal`` (src/data/causal.py).
     """
     aug = cfg.augment
     if rng is not None:
         raw = part_dropout(keypoint_dropout(raw, rng, aug.dropout_prob), rng, aug.part_dropout_prob)
-    pose = clean(raw, cfg.conf_thresh, cfg.source_fps, cfg.fps, cfg.lowpass_sigma)
-    unit = unit_length(pose.xy, pose.conf)
-    if unit is None:
-        raise DataError("no unit length: neither shoulders, eyelids, eyes nor ears are visible")
-    angle = upright_angle(pose.xy, pose.conf)
-    pose = CleanPose(rotate(pose.xy, -angle, pose.size), pose.conf, pose.size)
-    keep = random_crop(pose.xy.shape[0], cfg.max_frames, rng)
-    pose = CleanPose(pose.xy[keep], pose.conf[keep], pose.size)
-    if rng is not None and aug.time_warp:
-        pose = time_warp(pose, rng, aug.time_warp_max)
+    if cfg.causal:
+        pose, unit, angle = _causal_pose(raw, cfg, rng)
+    else:
+        pose = clean(raw, cfg.conf_thresh, cfg.source_fps, cfg.fps, cfg.lowpass_sigma)
+        unit = unit_length(pose.xy, pose.conf)
+        if unit is None:
+            raise DataError("no unit length: neither shoulders, eyelids, eyes nor ears are visible")
+        angle = upright_angle(pose.xy, pose.conf)
+        pose = CleanPose(rotate(pose.xy, -angle, pose.size), pose.conf, pose.size)
+        keep = random_crop(pose.xy.shape[0], cfg.max_frames, rng)
+        pose = CleanPose(pose.xy[keep], pose.conf[keep], pose.size)
+        if rng is not None and aug.time_warp:
+            pose = time_warp(pose, rng, aug.time_warp_max)
     if rng is not None and aug.mirror and rng.random() < aug.mirror_prob:
         pose, angle = mirror(pose), -angle
-    centres = stream_centres(pose.xy, pose.conf)
+    centres = causal_centres(pose.xy, pose.conf) if cfg.causal else stream_centres(pose.xy, pose.conf)
     x, frame_mask = chunk(normalise(pose.xy, centres, unit), cfg.chunk_len)
     conf, _ = chunk(pose.conf[:, kp.STREAM_ROWS], cfg.chunk_len)
     return {
@@ -52,11 +57,24 @@ def make_sample(raw: np.ndarray, cfg: DataConfig, rng: np.random.Generator | Non
         "conf": conf & frame_mask[..., None],
         "frame_mask": frame_mask,
         "centres": chunk(centres, cfg.chunk_len)[0],
-        "unit": np.float32(unit),
-        "angle": np.float32(angle),
+        "unit": chunk(unit, cfg.chunk_len)[0] if cfg.causal else np.float32(unit),
+        "angle": chunk(angle, cfg.chunk_len)[0] if cfg.causal else np.float32(angle),
         "num_frames": pose.xy.shape[0],
         "size": np.array(pose.size, dtype=np.float32),
     }
+
+
+def _causal_pose(raw: np.ndarray, cfg: DataConfig, rng: np.random.Generator | None
+                 ) -> tuple[CleanPose, np.ndarray, np.ndarray]:
+    """The causal mode: crop and time warp act on the raw frames (a stream that starts or
+    plays there), then the causal cleaner gives the upright pose and per-frame unit and angle."""
+    if cfg.source_fps != cfg.fps:
+        raise DataError(f"data.causal needs data.source_fps == data.fps (got {cfg.source_fps} and {cfg.fps}): "
+                        "resample the files first (run.py data-import resamples .pose files to 30 fps)")
+    raw = raw[random_crop(raw.shape[0], cfg.max_frames, rng)]
+    if rng is not None and cfg.augment.time_warp:
+        raw = time_warp_raw(raw, cfg.conf_thresh, rng, cfg.augment.time_warp_max)
+    return causal_clean(raw, cfg.conf_thresh, cfg.lowpass_sigma, cfg.causal_warmup)
 
 
 def truth_in_input_frame(truth: dict, sample: dict) -> dict[str, np.ndarray]:
@@ -71,12 +89,20 @@ def truth_in_input_frame(truth: dict, sample: dict) -> dict[str, np.ndarray]:
         raise DataError(f"truth and input differ in shape: {truth['x'].shape} vs {sample['x'].shape}")
     flat = (-1,) + truth["x"].shape[2:]
     centres_in = sample["centres"].reshape(-1, *sample["centres"].shape[2:])
-    pixels = denormalise(truth["x"].reshape(flat), truth["centres"].reshape(centres_in.shape), float(truth["unit"]))
+    pixels = denormalise(truth["x"].reshape(flat), truth["centres"].reshape(centres_in.shape), _values(truth["unit"]))
     # from the truth's upright picture to the input's (each turned by its own roll angle)
-    pixels = rotate(pixels, float(truth["angle"]) - float(sample["angle"]), tuple(float(v) for v in sample["size"]))
+    angle = _values(truth["angle"]) - _values(sample["angle"])
+    pixels = rotate(pixels, angle, tuple(float(v) for v in sample["size"]))
     origin = denormalise(np.zeros_like(pixels), centres_in, 1.0)  # each point's input centre
-    x_true = ((pixels - origin) / sample["unit"]).astype(np.float32).reshape(sample["x"].shape)
+    unit_in = sample["unit"]
+    unit_in = np.asarray(unit_in, np.float32).reshape(-1, 1, 1) if np.ndim(unit_in) else unit_in
+    x_true = ((pixels - origin) / unit_in).astype(np.float32).reshape(sample["x"].shape)
     return {"x_true": x_true, "conf_true": truth["conf"] & sample["conf"]}
+
+
+def _values(value: float | np.ndarray) -> float | np.ndarray:
+    """A per-sequence unit or angle as a float; a per-frame one (C, L) flat (causal mode)."""
+    return np.asarray(value, np.float32).reshape(-1) if np.ndim(value) else float(value)
 
 
 RawTransform = Callable[[np.ndarray, str], np.ndarray]  # (raw [T, 134, 3], name) -> raw
@@ -161,7 +187,7 @@ class Batch:
     frame_mask: torch.Tensor   # (B, C, L) bool, real frames
     chunk_mask: torch.Tensor   # (B, C) bool, real chunks
     centres: torch.Tensor      # (B, C, L, S, 2) stream centres in pixels
-    unit: torch.Tensor         # (B,) pixels per unit
+    unit: torch.Tensor         # (B,) pixels per unit, or (B, C, L) per frame (causal mode)
     num_frames: torch.Tensor   # (B,)
     names: list[str]
     x_true: torch.Tensor | None = None     # (B, C, L, P, 2) ground truth when the input is perturbed
@@ -198,11 +224,22 @@ def collate(samples: list[dict]) -> Batch:
     return Batch(
         x=pad("x"), conf=pad("conf"), frame_mask=frame_mask, chunk_mask=frame_mask.any(-1),
         centres=pad("centres"),
-        unit=torch.tensor([float(s["unit"]) for s in samples]),
+        unit=_units(samples, num),
         num_frames=torch.tensor([int(s["num_frames"]) for s in samples]),
         names=[s["name"] for s in samples],
         x_true=pad("x_true") if truth else None, conf_true=pad("conf_true") if truth else None,
     )
+
+
+def _units(samples: list[dict], num: int) -> torch.Tensor:
+    """(B,) one unit per sequence, or (B, C, L) per frame when a sample has per-frame units."""
+    if all(np.ndim(s["unit"]) == 0 for s in samples):
+        return torch.tensor([float(s["unit"]) for s in samples])
+    out = torch.zeros((len(samples), num, samples[0]["frame_mask"].shape[1]))
+    for i, s in enumerate(samples):
+        unit = np.broadcast_to(np.float32(s["unit"]), s["frame_mask"].shape)
+        out[i, :unit.shape[0]] = torch.from_numpy(np.array(unit))
+    return out
 
 
 class ShardSampler(Sampler):

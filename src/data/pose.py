@@ -110,12 +110,18 @@ def clean(raw: np.ndarray, conf_thresh: float, source_fps: float = 30, fps: floa
     return CleanPose(gaussian_smooth(xy, lowpass_sigma), conf, video_size(raw))
 
 
-def _median_length(xy: np.ndarray, conf: np.ndarray, pair: tuple[int, int]) -> float | None:
+def pair_lengths(xy: np.ndarray, conf: np.ndarray, pair: tuple[int, int]) -> np.ndarray:
+    """Per-frame distance between the rows of ``pair``, over the frames where both are observed."""
     a, b = pair
     both = conf[:, a] & conf[:, b]
-    if not both.any():
+    return np.linalg.norm(xy[both, a] - xy[both, b], axis=-1)
+
+
+def _median_length(xy: np.ndarray, conf: np.ndarray, pair: tuple[int, int]) -> float | None:
+    lengths = pair_lengths(xy, conf, pair)
+    if lengths.size == 0:
         return None
-    d = float(np.median(np.linalg.norm(xy[both, a] - xy[both, b], axis=-1)))
+    d = float(np.median(lengths))
     return d if d > 1e-3 else None
 
 
@@ -147,19 +153,34 @@ def upright_angle(xy: np.ndarray, conf: np.ndarray) -> float:
     the same local coordinates as a level one. One angle per sequence: a per-frame angle
     would turn shoulder jitter into a rotation of every point.
     """
+    angles = shoulder_angles(xy, conf)
+    return float(np.median(angles)) if angles.size else 0.0
+
+
+def shoulder_angles(xy: np.ndarray, conf: np.ndarray) -> np.ndarray:
+    """Per-frame angle (radians) of the shoulder line, over the frames where both are observed."""
     both = conf[:, kp.L_SHOULDER] & conf[:, kp.R_SHOULDER]
-    if not both.any():
-        return 0.0
     d = xy[both, kp.L_SHOULDER] - xy[both, kp.R_SHOULDER]  # the signer's left is on the image right
-    return float(np.median(np.arctan2(d[:, 1], d[:, 0])))
+    return np.arctan2(d[:, 1], d[:, 0])
 
 
-def rotate(xy: np.ndarray, angle: float, size: tuple[float, float]) -> np.ndarray:
-    """Rotate pixel points (..., 2) by ``angle`` radians about the frame centre."""
+def rotate(xy: np.ndarray, angle: float | np.ndarray, size: tuple[float, float]) -> np.ndarray:
+    """Rotate pixel points (..., 2) by ``angle`` radians about the frame centre.
+
+    ``angle`` is one number, or one per frame (T,) for points (T, ..., 2) (the causal mode).
+    """
+    centre = np.array([size[0] / 2, size[1] / 2], dtype=np.float32)
+    if np.ndim(angle):
+        # Elementwise per frame, so a frame's result does not depend on the frames beside it.
+        shape = (-1,) + (1,) * (xy.ndim - 2)
+        c = np.cos(angle).astype(np.float32).reshape(shape)
+        s = np.sin(angle).astype(np.float32).reshape(shape)
+        d = (xy - centre).astype(np.float32, copy=False)
+        out = np.stack([d[..., 0] * c - d[..., 1] * s, d[..., 0] * s + d[..., 1] * c], axis=-1)
+        return out + centre
     if angle == 0.0:
         return xy
     c, s = np.cos(angle), np.sin(angle)
-    centre = np.array([size[0] / 2, size[1] / 2], dtype=np.float32)
     rot = np.array([[c, s], [-s, c]], dtype=np.float32)  # row vectors: p @ rot rotates by +angle
     return ((xy - centre) @ rot + centre).astype(np.float32)
 
@@ -187,18 +208,26 @@ def _per_point_centres(centres: np.ndarray) -> np.ndarray:
     return np.repeat(centres, counts, axis=1)
 
 
-def normalise(xy: np.ndarray, centres: np.ndarray, unit: float) -> np.ndarray:
-    """Pixels (T, 134, 2) -> stream-concatenated local coordinates (T, P, 2) in units."""
+def _frame_unit(unit: float | np.ndarray) -> np.float32 | np.ndarray:
+    """A scalar unit as is; a per-frame unit (T,) shaped (T, 1, 1) to broadcast over points."""
+    return np.asarray(unit, dtype=np.float32).reshape(-1, 1, 1) if np.ndim(unit) else np.float32(unit)
+
+
+def normalise(xy: np.ndarray, centres: np.ndarray, unit: float | np.ndarray) -> np.ndarray:
+    """Pixels (T, 134, 2) -> stream-concatenated local coordinates (T, P, 2) in units.
+
+    ``unit`` is one length, or one per frame (T,) (the causal mode).
+    """
     # take + in-place arithmetic: one fresh array instead of three (fresh pages are costly)
     out = np.take(xy, kp.STREAM_ROWS, axis=1).astype(np.float32, copy=False)
     out -= _per_point_centres(centres)
-    out /= np.float32(unit)
+    out /= _frame_unit(unit)
     return out
 
 
-def denormalise(x: np.ndarray, centres: np.ndarray, unit: float) -> np.ndarray:
+def denormalise(x: np.ndarray, centres: np.ndarray, unit: float | np.ndarray) -> np.ndarray:
     """Inverse of :func:`normalise`: (..., T, P, 2) local units -> pixels."""
-    return x * unit + _per_point_centres(centres)
+    return x * (_frame_unit(unit) if np.ndim(unit) else unit) + _per_point_centres(centres)
 
 
 def to_rows(points: np.ndarray, stream: str = "parts") -> np.ndarray:

@@ -30,7 +30,9 @@ S = len(kp.STREAMS)
 
 
 def chunk_units(batch: Batch) -> torch.Tensor:
-    """Each valid chunk's unit length (N,), in the row order of ``batch.chunk_mask``."""
+    """Each valid chunk's unit length (N,), or (N, L) per frame, in the row order of ``batch.chunk_mask``."""
+    if batch.unit.dim() == 3:
+        return batch.unit[batch.chunk_mask]
     return batch.unit[:, None].expand_as(batch.chunk_mask)[batch.chunk_mask]
 
 

@@ -7,13 +7,13 @@ from src.losses import per_stream_sums
 
 
 def point_error_px(pred: torch.Tensor, target: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-    """Per-point distance in pixels: (N, L, P, 2) local units, unit (N,) px -> (N, L, P).
+    """Per-point distance in pixels: (N, L, P, 2) local units, unit (N,) or (N, L) px -> (N, L, P).
 
     Local coordinates are (pixels - centre) / unit, so this is the error of the output
     mapped back with the true centre and unit: stream-local for the part streams, absolute
     positions for the full body (whose centre is one fixed point per sequence).
     """
-    return (pred - target).norm(dim=-1) * unit[:, None, None]
+    return (pred - target).norm(dim=-1) * unit.reshape(unit.shape + (1,) * (3 - unit.dim()))
 
 
 def mpjpe_sums(pred: torch.Tensor, target: torch.Tensor, conf: torch.Tensor,

@@ -40,5 +40,9 @@ def adjacent_chunk_changes(poses_px: torch.Tensor, mask: torch.Tensor, chunk_mas
 
 
 def timeline_px(values: torch.Tensor, chunk_mask: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
-    """Valid-chunk rows (N, L, P, 2) in units -> (B, C*L, P, 2) pixel offsets (centre-free)."""
-    return to_timeline(values, chunk_mask) * unit[:, None, None, None]
+    """Valid-chunk rows (N, L, P, 2) in units -> (B, C*L, P, 2) pixel offsets (centre-free).
+
+    ``unit`` is (B,) per sequence or (B, C, L) per frame (causal mode).
+    """
+    unit = unit[:, None] if unit.dim() == 1 else unit.flatten(1)
+    return to_timeline(values, chunk_mask) * unit[:, :, None, None]

@@ -12,7 +12,7 @@ from src.config import Config, DataConfig
 from src.data.dataset import PoseDataset
 from src.data.keypoints import STREAM_NAMES
 from src.data.source import DataError, read_splits
-from src.inference import tokenize, to_pixels
+from src.inference import frame_units, tokenize, to_pixels
 from src.metrics.recon import mpjpe_sums
 from src.models.tokenizer import SignTokenizer
 from src.viz.skeleton import render_comparison
@@ -52,7 +52,7 @@ class Reconstruction:
 def _mpjpe_px(recon: np.ndarray, sample: dict) -> dict[str, float]:
     n = recon.shape[0]
     sums, counts = mpjpe_sums(torch.from_numpy(recon), torch.from_numpy(sample["x"]),
-                              torch.from_numpy(sample["conf"]), torch.full((n,), float(sample["unit"])))
+                              torch.from_numpy(sample["conf"]), frame_units(sample, n))
     return {s: float(v) for s, v in zip(STREAM_NAMES, (sums / counts.clamp_min(1)).tolist())}
 
 

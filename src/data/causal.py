@@ -1,0 +1,237 @@
+"""Causal preprocessing: each frame's normalised coordinates depend only on frames up to it.
+
+The offline pipeline (``src/data/pose.py``) looks at the whole sequence: gaps are
+interpolated from later frames, the unit length and the roll angle are medians over every
+frame. Here the same quantities are estimated online, frame by frame, so that a stream of
+frames can be tokenized while it plays and gives the same result however it is cut:
+
+- **gaps** are held from the past: a point not observed in a frame keeps its last observed
+  position; before its first observation it is 0 (as a point never observed offline), and
+  it is never scored;
+- **unit length**: the running median of the per-frame shoulder width / 10.6 over the frames
+  seen so far, with the fallbacks of :func:`src.data.pose.unit_length` (eyelids, eye distance,
+  head width) while no frame had both shoulders;
+- **roll angle**: the running median of the per-frame shoulder-line angle (0 until the
+  shoulders are seen);
+- **warm-up**: the first ``warmup`` frames (one chunk by default) all take the estimates at
+  the end of the warm-up. A chunk's tokens exist only once its last frame has arrived, so a
+  warm-up of at most one chunk adds no latency. A frame whose unit is still unknown at the
+  end of the warm-up (no shoulders, eyelids, eyes nor ears seen yet) waits for the first
+  frame that makes it known and takes that estimate;
+- **low-pass** (``lowpass_sigma > 0``): the causal half of a Gaussian (the current frame and
+  the previous 3 sigma), which delays the signal by about 0.8 sigma frames;
+- **centres**: per frame, as offline, from the rows seen so far (offline: the rows the
+  sequence ever shows) (:func:`causal_centres`).
+
+The model frame rate must equal the source's (``data.source_fps == data.fps``): resampling
+needs the next source frame; ``data-import`` resamples ``.pose`` files to 30 fps beforehand.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import numpy as np
+
+from src.data import keypoints as kp
+from src.data.pose import CleanPose, observed_mask, pair_lengths, rotate, shoulder_angles, video_size
+from src.data.source import DataError
+from src.data.transforms import time_warp
+
+# Lengths measured per frame, in the order unit_length tries them: (name, row pair).
+_LENGTHS = (("shoulders", kp.SHOULDER_WIDTH), ("left_lid", kp.LEFT_EYELID), ("right_lid", kp.RIGHT_EYELID),
+            *((f"fallback{i}", pair) for i, (pair, _) in enumerate(kp.UNIT_FALLBACKS)))
+
+
+class RunningMedian:
+    """Median of every value added so far (a sorted list; one insertion per frame)."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def add(self, value: float) -> None:
+        bisect.insort(self.values, value)
+
+    def median(self) -> float | None:
+        n = len(self.values)
+        if n == 0:
+            return None
+        mid = n // 2
+        return self.values[mid] if n % 2 else 0.5 * (self.values[mid - 1] + self.values[mid])
+
+
+@dataclass
+class CausalFrames:
+    """Frames whose causal estimates are known: upright pixels, observation, unit and angle per frame."""
+
+    xy: np.ndarray      # (n, 134, 2) float32, gaps held, rotated upright, low-passed
+    conf: np.ndarray    # (n, 134) bool, observed with score >= threshold
+    unit: np.ndarray    # (n,) float32 pixels per unit
+    angle: np.ndarray   # (n,) float32 radians that turn the upright picture back into the input's
+
+    @staticmethod
+    def empty() -> "CausalFrames":
+        return CausalFrames(np.zeros((0, kp.NUM_ROWS, 2), np.float32), np.zeros((0, kp.NUM_ROWS), bool),
+                            np.zeros(0, np.float32), np.zeros(0, np.float32))
+
+    def __len__(self) -> int:
+        return self.xy.shape[0]
+
+
+def concat_frames(parts: list[CausalFrames]) -> CausalFrames:
+    """Frames of several pushes, in order."""
+    parts = [p for p in parts if len(p)] or [CausalFrames.empty()]
+    return CausalFrames(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("xy", "conf", "unit", "angle")))
+
+
+def causal_kernel(sigma: float) -> np.ndarray:
+    """Weights of the current frame and the previous ceil(3 sigma) ones (half a Gaussian, sum 1)."""
+    radius = int(np.ceil(3 * sigma))
+    k = np.exp(-0.5 * (np.arange(radius + 1) / sigma) ** 2)
+    return (k / k.sum()).astype(np.float32)
+
+
+class CausalCleaner:
+    """Frames in, causally cleaned and upright frames out; the state of one sequence.
+
+    ``push(raw)`` takes any number of raw ``[n, 134, 3]`` frames and returns the frames whose
+    estimates became known (during the warm-up, none); ``flush()`` returns the rest at the
+    end of the sequence. Frames are processed one by one in a fixed order, so the output is
+    the same, bit for bit, however the sequence is cut into pushes.
+    """
+
+    def __init__(self, conf_thresh: float, lowpass_sigma: float = 0.0, warmup: int = 10,
+                 size: tuple[float, float] | None = None):
+        self.conf_thresh, self.warmup, self.size = conf_thresh, max(1, warmup), size
+        self.kernel = causal_kernel(lowpass_sigma) if lowpass_sigma > 0 else None
+        self.last_xy = np.zeros((kp.NUM_ROWS, 2), np.float32)   # last observation of each point
+        self.history: np.ndarray | None = None                   # previous filled frames (low-pass)
+        self.lengths = {name: RunningMedian() for name, _ in _LENGTHS}
+        self.angles = RunningMedian()
+        self.frames_seen = 0
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []   # (xy (134, 2), conf (134,)) waiting
+
+    def _unit(self) -> float | None:
+        """The unit of the frames seen so far, with the fallbacks of ``pose.unit_length``."""
+        med = {name: m.median() for name, m in self.lengths.items()}
+        ok = {name: d for name, d in med.items() if d is not None and d > 1e-3}
+        if "shoulders" in ok:
+            return ok["shoulders"] / kp.SHOULDER_EYELID_RATIO
+        lids = [ok[n] for n in ("left_lid", "right_lid") if n in ok]
+        if lids:
+            return float(np.mean(lids))
+        for i, (_, ratio) in enumerate(kp.UNIT_FALLBACKS):
+            if f"fallback{i}" in ok:
+                return ok[f"fallback{i}"] / ratio
+        return None
+
+    def _fill(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Hold every unobserved point at its last observation, then the causal low-pass."""
+        conf = observed_mask(raw, self.conf_thresh)
+        xy = np.empty((raw.shape[0], kp.NUM_ROWS, 2), np.float32)
+        for t in range(raw.shape[0]):
+            self.last_xy = np.where(conf[t, :, None], raw[t, :, :2], self.last_xy).astype(np.float32)
+            xy[t] = self.last_xy
+        xy[:, kp.SIZE_ROW] = 0
+        if self.kernel is None:
+            return xy, conf
+        radius = len(self.kernel) - 1
+        past = self.history if self.history is not None else np.repeat(xy[:1], radius, axis=0)
+        padded = np.concatenate([past, xy])
+        out = np.zeros_like(xy)
+        for k, w in enumerate(self.kernel):
+            out += w * padded[radius - k:radius - k + xy.shape[0]]
+        self.history = padded[-radius:] if radius else padded[:0]
+        return out, conf
+
+    def _measure(self, xy: np.ndarray, conf: np.ndarray) -> None:
+        """Add one frame's lengths and shoulder angle to the running medians."""
+        frame_xy, frame_conf = xy[None], conf[None]
+        for name, pair in _LENGTHS:
+            for d in pair_lengths(frame_xy, frame_conf, pair).tolist():
+                self.lengths[name].add(d)
+        for a in shoulder_angles(frame_xy, frame_conf).tolist():
+            self.angles.add(a)
+
+    def push(self, raw: np.ndarray) -> CausalFrames:
+        """Raw frames ``[n, 134, 3]`` (pixels, scores) -> the frames whose estimates are now known."""
+        raw = np.asarray(raw, dtype=np.float32)
+        if raw.ndim != 3 or raw.shape[1:] != (kp.NUM_ROWS, 3):
+            raise ValueError(f"frames must be [n, {kp.NUM_ROWS}, 3], got {list(raw.shape)}")
+        if raw.shape[0] == 0:
+            return CausalFrames.empty()
+        if self.size is None:
+            self.size = video_size(raw)
+        xy, conf = self._fill(raw)
+        out = []
+        for t in range(xy.shape[0]):
+            self._measure(xy[t], conf[t])
+            self.frames_seen += 1
+            self.pending.append((xy[t], conf[t]))
+            if self.frames_seen >= self.warmup:
+                out.append(self._release())
+        return concat_frames(out)
+
+    def _release(self) -> CausalFrames:
+        """Every pending frame with the current estimates, if the unit is known; else none."""
+        unit = self._unit()
+        if unit is None or not self.pending:
+            return CausalFrames.empty()
+        angle = self.angles.median() or 0.0
+        xy = np.stack([p[0] for p in self.pending])
+        conf = np.stack([p[1] for p in self.pending])
+        self.pending = []
+        n = xy.shape[0]
+        angles = np.full(n, angle, np.float32)
+        return CausalFrames(rotate(xy, -angles, self.size), conf, np.full(n, unit, np.float32), angles)
+
+    def flush(self) -> CausalFrames:
+        """The frames still waiting at the end of the sequence (a warm-up not completed).
+
+        Raises DataError when no frame ever had a measurable unit length.
+        """
+        out = self._release()
+        if self.pending:
+            raise DataError("no unit length: neither shoulders, eyelids, eyes nor ears are visible")
+        return out
+
+
+def causal_centres(xy: np.ndarray, conf: np.ndarray, seen_before: np.ndarray | None = None) -> np.ndarray:
+    """(T, S, 2) stream centres as :func:`src.data.pose.stream_centres` picks them, but from the
+    rows seen up to each frame (``seen_before`` (134,): rows seen in earlier frames of the stream)
+    instead of the rows the whole sequence ever shows."""
+    seen = np.logical_or.accumulate(conf, axis=0)
+    if seen_before is not None:
+        seen |= seen_before
+    centres = np.zeros((xy.shape[0], len(kp.STREAMS), 2), dtype=np.float32)
+    starts = [0, *(np.nonzero((seen[1:] != seen[:-1]).any(axis=1))[0] + 1).tolist()]
+    for a, b in zip(starts, [*starts[1:], xy.shape[0]]):    # frames that share the rows seen so far
+        for i, s in enumerate(kp.STREAMS):
+            rows = [r for r in s.centre if seen[a, r]] or [r for r in s.rows if seen[a, r]] or list(kp.SHOULDERS)
+            centres[a:b, i] = xy[a:b, rows].mean(axis=1)
+    return centres
+
+
+def causal_clean(raw: np.ndarray, conf_thresh: float, lowpass_sigma: float = 0.0,
+                 warmup: int = 10) -> tuple[CleanPose, np.ndarray, np.ndarray]:
+    """A whole raw ``[T, 134, 3]`` sequence through :class:`CausalCleaner` in one push.
+
+    Returns the upright pose (pixels), the unit (T,) and the angle (T,) per frame.
+    """
+    if raw.ndim != 3 or raw.shape[1:] != (kp.NUM_ROWS, 3):
+        raise ValueError(f"pose array must be [T, {kp.NUM_ROWS}, 3], got {list(raw.shape)}")
+    cleaner = CausalCleaner(conf_thresh, lowpass_sigma, warmup)
+    frames = concat_frames([cleaner.push(raw), cleaner.flush()])
+    return CleanPose(frames.xy, frames.conf, video_size(raw)), frames.unit, frames.angle
+
+
+def time_warp_raw(raw: np.ndarray, conf_thresh: float, rng: np.random.Generator, max_change: float) -> np.ndarray:
+    """The time-warp augmentation on a raw sequence, before causal cleaning.
+
+    A resampled point is observed (score 1) where both source frames around it were, else
+    it gets score 0; the size row is kept.
+    """
+    pose = time_warp(CleanPose(raw[..., :2], observed_mask(raw, conf_thresh), video_size(raw)), rng, max_change)
+    out = np.concatenate([pose.xy, pose.conf[..., None].astype(np.float32)], axis=-1)
+    out[:, kp.SIZE_ROW] = raw[0, kp.SIZE_ROW]
+    return out

@@ -1,0 +1,211 @@
+"""Streaming tokenization: frames in as they arrive, each chunk's tokens out as soon as it is complete.
+
+>>> tok = StreamingTokenizer.from_checkpoint("ckpt_best.pt")
+>>> for frames in camera:                      # any number of [n, 134, 3] frames in pixels
+...     for chunk in tok.push(frames):
+...         print(chunk.t, chunk.entry)
+>>> tail = tok.flush()                          # the last partial chunk, the NC runs still open
+
+Preprocessing is the causal mode of ``src/data/causal.py``; each chunk goes through
+``model.step(x, observed, context)`` with ``context`` = the decoded last frame of the previous
+chunk. The run-length "NC" coding is decided online (:class:`OnlineRLE`): see docs/streaming.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src.config import Config
+from src.data import keypoints as kp
+from src.data.causal import CausalCleaner, CausalFrames, concat_frames
+from src.data.pose import chunk, normalise, stream_centres
+from src.inference import load_tokenizer, precision_context, to_pixels
+from src.models.stitch import stitch_chunks
+from src.models.tokenizer import SignTokenizer
+from src.tokens.rle import NC
+from src.tokens.sequence import codes_to_streams
+
+
+class OnlineRLE:
+    """Lossless run-length "no change" coding decided chunk by chunk.
+
+    A chunk whose codes equal its stream's anchor (last explicit codes) is left out of its
+    entry; the run's marker ``["NC", k]`` is only known when the run ends (codes change, the
+    run reaches ``max_run``, or the stream ends) and is then reported as ``(start, k)``.
+    Placing each marker at entry ``start`` gives exactly ``rle_encode(codes, max_run=max_run)``.
+    """
+
+    def __init__(self, max_run: int | None = None, enabled: bool = True):
+        self.max_run, self.enabled = max_run, enabled
+        self.anchor: dict[str, list[int]] = {}
+        self.run: dict[str, list[int]] = {}       # stream -> [start, length] of its open run
+
+    def step(self, t: int, streams: dict[str, list[int]]) -> tuple[dict, dict[str, tuple[int, int]]]:
+        """One chunk's codes per stream -> its entry and the runs that closed at it."""
+        entry, closed = {"t": t}, {}
+        for name, codes in streams.items():
+            if not self.enabled or name not in self.anchor or codes != self.anchor[name]:
+                if name in self.run:
+                    closed[name] = tuple(self.run.pop(name))
+                self.anchor[name] = codes
+                entry[name] = codes
+                continue
+            run = self.run.setdefault(name, [t, 0])
+            run[1] += 1
+            if self.max_run is not None and run[1] == self.max_run:
+                closed[name] = tuple(self.run.pop(name))
+        return entry, closed
+
+    def close(self) -> dict[str, tuple[int, int]]:
+        """End of the stream: every open run, closed."""
+        closed = {name: tuple(run) for name, run in self.run.items()}
+        self.run = {}
+        return closed
+
+
+def rebuild_entries(chunks: list["ChunkTokens"]) -> list[dict]:
+    """The offline JSONL ``tokens`` list from a stream's outputs (in order): entries with each
+    closed run's ``["NC", k]`` placed at the run's first chunk."""
+    entries = [dict(c.entry) for c in chunks if c.entry is not None]
+    for c in chunks:
+        for name, (start, k) in c.closed.items():
+            entries[start][name] = [NC, k]
+    return [{"t": e["t"], **{s: e[s] for s in kp.STREAM_NAMES if s in e}} for e in entries]
+
+
+@dataclass
+class ChunkTokens:
+    """What the stream gives for one completed chunk (or, with ``entry`` None, the end of the stream)."""
+
+    t: int                                  # chunk index (the number of chunks, for the end item)
+    codes: np.ndarray | None                # (S, codes per stream) int, -1 where a stream codes fewer
+    entry: dict | None                      # the chunk's JSONL entry; streams in an open NC run left out
+    closed: dict[str, tuple[int, int]] = field(default_factory=dict)  # stream -> (first chunk, k)
+    num_frames: int = 0                     # real frames in the chunk (fewer than L for the last)
+    pose: np.ndarray | None = None          # (num_frames, 134, 3) decoded, pixels, unstitched
+    display: np.ndarray | None = None       # frames finalised by border stitching now (pixels)
+
+
+@torch.no_grad()
+def step_chunk(model: SignTokenizer, x: np.ndarray, conf: np.ndarray, context: torch.Tensor | None,
+               device: str | torch.device = "cpu", precision: str = "fp32") -> tuple[np.ndarray, torch.Tensor]:
+    """One chunk x (L, P, 2), conf (L, P) -> codes (S, levels) and the decoded chunk (1, L, P, 2)."""
+    xt = torch.from_numpy(np.ascontiguousarray(x))[None].to(device)
+    ct = torch.from_numpy(np.ascontiguousarray(conf))[None].to(device)
+    with precision_context(device, precision):
+        codes, decoded = model.step(xt, ct, context)
+    return codes[0].cpu().numpy(), decoded.float()
+
+
+def causal_codes(model: SignTokenizer, sample: dict, device: str | torch.device = "cpu",
+                 precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+    """The causal offline path: a dataset sample's chunks through ``model.step`` in order, each
+    with the previous chunk's decoded last frame as context -> codes (C, S, levels), recon (C, L, P, 2)."""
+    codes, recon, context = [], [], None
+    for c in range(sample["x"].shape[0]):
+        code, decoded = step_chunk(model, sample["x"][c], sample["conf"][c], context, device, precision)
+        codes.append(code)
+        recon.append(decoded[0].cpu().numpy())
+        context = decoded[:, -1]
+    return np.stack(codes), np.stack(recon)
+
+
+class StreamingTokenizer:
+    """Push frames, get tokens: the causal tokenizer of one sequence at a time (``reset`` for the next)."""
+
+    def __init__(self, model: SignTokenizer, cfg: Config, device: str | torch.device = "cpu",
+                 precision: str | None = None, decode: bool = False):
+        self.model, self.cfg, self.device = model.eval(), cfg, device
+        self.precision = precision or cfg.export.precision
+        self.decode = decode
+        self.chunk_len = cfg.data.chunk_len
+        self.reset()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", precision: str | None = None,
+                        decode: bool = False) -> "StreamingTokenizer":
+        """The model and its data settings from a train-rvq checkpoint."""
+        model, cfg = load_tokenizer(path, device)
+        return cls(model, cfg, device, precision, decode)
+
+    def reset(self) -> None:
+        """Start a new sequence."""
+        d = self.cfg.data
+        self.cleaner = CausalCleaner(d.conf_thresh, d.lowpass_sigma, d.causal_warmup)
+        self.rle = OnlineRLE(self.cfg.export.max_run, self.cfg.export.enable_rle)
+        self.ready: list[CausalFrames] = []   # cleaned frames not yet in a complete chunk
+        self.context: torch.Tensor | None = None
+        self.pending_display: torch.Tensor | None = None  # last decoded chunk (1, L, P, 2), second half unshown
+        self.pending_info: dict | None = None
+        self.num_chunks = 0
+
+    def push(self, frames: np.ndarray) -> list[ChunkTokens]:
+        """Frames ``[n, 134, 3]`` (pixels and scores, as the dataset stores them; n may be 0) ->
+        the tokens of every chunk they complete."""
+        self.ready.append(self.cleaner.push(frames))
+        frames_ready = concat_frames(self.ready)
+        out = []
+        full = len(frames_ready) // self.chunk_len * self.chunk_len
+        for start in range(0, full, self.chunk_len):
+            out.append(self._chunk(_take(frames_ready, slice(start, start + self.chunk_len))))
+        self.ready = [_take(frames_ready, slice(full, None))]
+        return out
+
+    def flush(self) -> list[ChunkTokens]:
+        """End of the sequence: the last partial chunk (edge-padded, as offline), the NC runs
+        still open and the last stitched frames; the tokenizer is then reset."""
+        self.ready.append(self.cleaner.flush())
+        frames_ready = concat_frames(self.ready)
+        out = [self._chunk(frames_ready)] if len(frames_ready) else []
+        closed = self.rle.close()
+        tail = self._display_tail()
+        if out:
+            out[-1].closed.update(closed)
+            if tail is not None:
+                out[-1].display = np.concatenate([out[-1].display, tail])
+        elif closed or tail is not None:
+            out.append(ChunkTokens(self.num_chunks, None, None, closed, display=tail))
+        self.reset()
+        return out
+
+    def _chunk(self, frames: CausalFrames) -> ChunkTokens:
+        """Normalise one chunk's frames exactly as ``make_sample`` does, then ``model.step``."""
+        centres = stream_centres(frames.xy)
+        x, frame_mask = chunk(normalise(frames.xy, centres, frames.unit), self.chunk_len)
+        conf = chunk(frames.conf[:, kp.STREAM_ROWS], self.chunk_len)[0] & frame_mask[..., None]
+        codes, decoded = step_chunk(self.model, x[0], conf[0], self.context, self.device, self.precision)
+        self.context = decoded[:, -1]
+        t, self.num_chunks = self.num_chunks, self.num_chunks + 1
+        entry, closed = self.rle.step(t, {s: v[0] for s, v in codes_to_streams(codes[None]).items()})
+        result = ChunkTokens(t, codes, entry, closed, len(frames))
+        if self.decode:
+            info = {"centres": chunk(centres, self.chunk_len)[0], "conf": conf, "num_frames": len(frames),
+                    "unit": chunk(frames.unit, self.chunk_len)[0], "angle": chunk(frames.angle, self.chunk_len)[0],
+                    "size": np.array(self.cleaner.size, dtype=np.float32)}
+            result.pose = to_pixels(decoded.cpu().numpy(), info)
+            result.display = self._display(decoded, info)
+        return result
+
+    def _display(self, decoded: torch.Tensor, info: dict) -> np.ndarray:
+        """Stitch the previous chunk to this one: its second half and this chunk's first half are final."""
+        half = self.chunk_len // 2
+        if self.pending_display is None:
+            shown = to_pixels(decoded.cpu().numpy(), info)[:half]
+        else:
+            pair = stitch_chunks(torch.cat([self.pending_display, decoded]), torch.ones(1, 2, dtype=torch.bool))
+            prev = to_pixels(pair[:1].cpu().numpy(), self.pending_info)[half:]
+            shown = np.concatenate([prev, to_pixels(pair[1:].cpu().numpy(), info)[:half]])
+        self.pending_display, self.pending_info = decoded, info
+        return shown
+
+    def _display_tail(self) -> np.ndarray | None:
+        if self.pending_display is None:
+            return None
+        return to_pixels(self.pending_display.cpu().numpy(), self.pending_info)[self.chunk_len // 2:]
+
+
+def _take(frames: CausalFrames, rows: slice) -> CausalFrames:
+    return CausalFrames(frames.xy[rows], frames.conf[rows], frames.unit[rows], frames.angle[rows])
