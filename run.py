@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("src.commands.demo.main", "whole pipeline on the synthetic signer (or --root): train, eval, export, viz"),
     "data-synth": ("src.commands.data.synth", "write a synthetic signer dataset in the CSL-Daily layout"),
     "data-check": ("src.commands.data.check", "validate a CSL-Daily-layout root and print its statistics"),
+    "data-import": ("src.commands.data.import_pose", "convert .pose files (MediaPipe, OpenPose, COCO-WholeBody) into a root"),
     "data-pack": ("src.commands.data.pack", "pack all pose .npy files of a root into one memory-mapped array"),
     "train-rvq": ("src.commands.train.rvq", "train the multi-stream RVQ tokenizer (one process)"),
     "train-rvq-ddp": ("src.commands.train.rvq_ddp", "train with DDP under torchrun (gloo on CPU, nccl on CUDA)"),
@@ -23,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-tokens": ("src.commands.infer.export_tokens", "export sign tokens as JSONL with RLE and LLM templates"),
     "viz-recon": ("src.commands.viz.recon", "render original vs reconstructed skeleton (GIF/MP4/PNG)"),
     "viz-tokens": ("src.commands.viz.tokens", "plot token timelines and codebook usage"),
+    "stream": ("src.commands.infer.stream", "tokenize a .npy or .pose file frame by frame, as a live stream"),
     "bench": ("src.commands.eval.bench", "measure streaming latency, throughput, training speed, data loading"),
 }
 

@@ -163,34 +163,41 @@ class CausalCleaner:
         if self.size is None:
             self.size = video_size(raw)
         xy, conf = self._fill(raw)
-        out = []
+        released: list[tuple[int, float, float]] = []   # (frames released, unit, angle)
         for t in range(xy.shape[0]):
             self._measure(xy[t], conf[t])
             self.frames_seen += 1
             self.pending.append((xy[t], conf[t]))
             if self.frames_seen >= self.warmup:
-                out.append(self._release())
-        return concat_frames(out)
+                released += self._release()
+        return self._upright(released)
 
-    def _release(self) -> CausalFrames:
+    def _release(self) -> list[tuple[tuple[np.ndarray, np.ndarray], float, float]]:
         """Every pending frame with the current estimates, if the unit is known; else none."""
         unit = self._unit()
-        if unit is None or not self.pending:
-            return CausalFrames.empty()
+        if unit is None:
+            return []
         angle = self.angles.median() or 0.0
-        xy = np.stack([p[0] for p in self.pending])
-        conf = np.stack([p[1] for p in self.pending])
+        out = [(frame, unit, angle) for frame in self.pending]
         self.pending = []
-        n = xy.shape[0]
-        angles = np.full(n, angle, np.float32)
-        return CausalFrames(rotate(xy, -angles, self.size), conf, np.full(n, unit, np.float32), angles)
+        return out
+
+    def _upright(self, released: list) -> CausalFrames:
+        """Released frames rotated upright (elementwise per frame: the same result in any batch)."""
+        if not released:
+            return CausalFrames.empty()
+        xy = np.stack([f[0] for f, _, _ in released])
+        conf = np.stack([f[1] for f, _, _ in released])
+        unit = np.array([u for _, u, _ in released], np.float32)
+        angle = np.array([a for _, _, a in released], np.float32)
+        return CausalFrames(rotate(xy, -angle, self.size), conf, unit, angle)
 
     def flush(self) -> CausalFrames:
         """The frames still waiting at the end of the sequence (a warm-up not completed).
 
         Raises DataError when no frame ever had a measurable unit length.
         """
-        out = self._release()
+        out = self._upright(self._release())
         if self.pending:
             raise DataError("no unit length: neither shoulders, eyelids, eyes nor ears are visible")
         return out

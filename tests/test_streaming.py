@@ -1,0 +1,184 @@
+"""Causal preprocessing and the streaming tokenizer: pieces == whole == the causal offline path."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from src.data import keypoints as kp
+from src.data.causal import CausalCleaner, causal_clean, concat_frames
+from src.data.dataset import collate, make_sample
+from src.data.source import DataError
+from src.inference import load_tokenizer, to_pixels
+from src.metrics.evaluate import chunk_units
+from src.metrics.recon import point_error_px
+from src.metrics.temporal import timeline_px
+from src.streaming import OnlineRLE, StreamingTokenizer, causal_codes, rebuild_entries
+from src.tokens.rle import rle_encode
+from src.tokens.sequence import codes_to_streams
+
+
+@pytest.fixture(scope="module")
+def model_cfg(tiny_checkpoint, one_thread):
+    return load_tokenizer(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def raw(synth_root) -> np.ndarray:
+    """A synthetic sequence with 3 NaN frames and a left hand seen only from frame 25 on."""
+    raw = np.load(sorted((synth_root / "frames_512x512").glob("*.npy"))[0])
+    raw[20:23] = np.nan
+    raw[:25, list(kp.LEFT_HAND), 2] = 0
+    return raw
+
+
+def causal_cfg(cfg):
+    return dataclasses.replace(cfg.data, causal=True, max_frames=0)
+
+
+def stream_codes(tok: StreamingTokenizer, raw: np.ndarray, sizes) -> tuple[np.ndarray, list]:
+    outs, i = [], 0
+    for n in sizes:
+        outs += tok.push(raw[i:i + n])
+        i += n
+    outs += tok.push(raw[i:]) + tok.flush()
+    return np.stack([o.codes for o in outs if o.codes is not None]), outs
+
+
+def test_pieces_equal_whole_equal_causal_offline_path(model_cfg, raw):
+    model, cfg = model_cfg
+    sample = make_sample(raw, causal_cfg(cfg))
+    offline, _ = causal_codes(model, sample)
+    tok = StreamingTokenizer(model, cfg)
+    whole, _ = stream_codes(tok, raw, [])
+    rng = np.random.default_rng(0)
+    sizes = [int(n) for n in rng.integers(0, 14, size=40)]   # zeros: empty pushes
+    assert 0 in sizes
+    pieces, outs = stream_codes(tok, raw, sizes)
+    assert offline.shape == (-(-len(raw) // cfg.data.chunk_len), len(kp.STREAMS), cfg.model.rvq.codes_per_stream)
+    np.testing.assert_array_equal(whole, offline)
+    np.testing.assert_array_equal(pieces, offline)
+    assert [o.t for o in outs if o.codes is not None] == list(range(len(offline)))
+    assert outs[-1].num_frames == len(raw) - (len(offline) - 1) * cfg.data.chunk_len
+
+
+def test_stream_rebuilds_the_offline_jsonl_entries(model_cfg, raw):
+    model, cfg = model_cfg
+    still = np.repeat(raw[:1], 60, axis=0)     # a still signer: long NC runs
+    seq = np.concatenate([raw, still])
+    for max_run in (None, 2):
+        cfg.export.max_run = max_run
+        codes, outs = stream_codes(StreamingTokenizer(model, cfg), seq, [7] * 20)
+        expected = rle_encode(codes_to_streams(codes), max_run=max_run)
+        assert rebuild_entries(outs) == expected
+        assert any(isinstance(v, list) and v and v[0] == "NC" for e in expected for v in e.values())
+    cfg.export.max_run = 32
+
+
+def test_online_rle_matches_rle_encode_on_random_codes():
+    rng = np.random.default_rng(1)
+    for trial in range(50):
+        n = int(rng.integers(1, 30))
+        streams = {s: [[int(c)] for c in rng.integers(0, 3, size=n)] for s in ("F", "LH")}
+        max_run = [None, 1, 2, 3][trial % 4]
+        rle = OnlineRLE(max_run)
+        entries, closed = [], []
+        for t in range(n):
+            entry, c = rle.step(t, {s: streams[s][t] for s in streams})
+            entries.append(entry)
+            closed.append(c)
+        closed[-1].update(rle.close())
+        for c in closed:
+            for s, (start, k) in c.items():
+                entries[start][s] = ["NC", k]
+        assert entries == rle_encode(streams, max_run=max_run)
+
+
+def test_each_frame_depends_only_on_frames_up_to_it(raw):
+    cut = 30
+    base, unit, angle = causal_clean(raw, 0.3, lowpass_sigma=1.5, warmup=10)
+    changed = raw.copy()
+    changed[cut:, 1:, :2] += 40.0                   # a different future
+    other, unit2, angle2 = causal_clean(changed, 0.3, lowpass_sigma=1.5, warmup=10)
+    np.testing.assert_array_equal(base.xy[:cut], other.xy[:cut])
+    np.testing.assert_array_equal(unit[:cut], unit2[:cut])
+    np.testing.assert_array_equal(angle[:cut], angle2[:cut])
+    assert not np.array_equal(base.xy[cut:], other.xy[cut:])
+    # the offline pipeline interpolates the NaN frames from the future; the causal one holds the past
+    held, _, _ = causal_clean(raw, 0.3, warmup=10)
+    np.testing.assert_array_equal(held.xy[21, kp.L_SHOULDER], held.xy[19, kp.L_SHOULDER])
+
+
+def test_warmup_and_pieces_of_the_cleaner(raw):
+    cleaner = CausalCleaner(0.3, 0.0, warmup=10)
+    assert len(cleaner.push(raw[:9])) == 0            # warm-up: nothing yet
+    first = cleaner.push(raw[9:10])
+    assert len(first) == 10 and np.all(first.unit == first.unit[0])
+    rest = concat_frames([cleaner.push(raw[10:]), cleaner.flush()])
+    whole, unit, _ = causal_clean(raw, 0.3, warmup=10)
+    np.testing.assert_array_equal(np.concatenate([first.xy, rest.xy]), whole.xy)
+    np.testing.assert_array_equal(np.concatenate([first.unit, rest.unit]), unit)
+
+
+def test_no_unit_ever_is_a_clear_error(raw):
+    blind = raw.copy()
+    blind[..., 2] = 0
+    with pytest.raises(DataError, match="no unit length"):
+        causal_clean(blind, 0.3)
+    # a unit that becomes known late: the frames before wait and take the first estimate
+    late = raw.copy()
+    late[:15, 1:, 2] = 0
+    pose, unit, _ = causal_clean(late, 0.3, warmup=5)
+    assert len(unit) == len(raw) and np.all(unit[:16] == unit[15])
+
+
+def test_causal_sample_maps_back_to_pixels(model_cfg, raw):
+    _, cfg = model_cfg
+    sample = make_sample(raw, causal_cfg(cfg))
+    assert sample["unit"].shape == sample["frame_mask"].shape and np.ptp(sample["unit"][sample["frame_mask"]]) > 0
+    px = to_pixels(sample["x"], sample)
+    seen = np.zeros((len(raw), kp.NUM_ROWS), bool)
+    seen[:, kp.STREAM_ROWS] = sample["conf"].reshape(-1, kp.NUM_STREAM_POINTS)[:len(raw)]
+    assert seen.sum() > 0.5 * len(raw) * len(np.unique(kp.STREAM_ROWS))
+    assert np.abs(px[..., :2] - raw[..., :2])[seen].max() < 1e-3
+
+
+def test_metrics_use_per_frame_units(model_cfg, raw):
+    _, cfg = model_cfg
+    samples = [{**make_sample(raw, causal_cfg(cfg)), "name": "a"}, {**make_sample(raw[:35], cfg.data), "name": "b"}]
+    batch = collate(samples)
+    assert batch.unit.shape == batch.frame_mask.shape
+    units = chunk_units(batch)                                    # (N, L)
+    x = batch.x[batch.chunk_mask]
+    err = point_error_px(x + 1.0, x, units)
+    np.testing.assert_allclose(err[..., 0].numpy(), np.sqrt(2) * units.numpy(), rtol=1e-6)
+    line = timeline_px(torch.ones_like(x), batch.chunk_mask, batch.unit)
+    assert torch.equal(line[0, :, 0, 0], batch.unit[0].flatten())
+
+
+def test_decoded_pose_and_stitched_display(model_cfg, raw):
+    model, cfg = model_cfg
+    tok = StreamingTokenizer(model, cfg, decode=True)
+    outs = tok.push(raw) + tok.flush()
+    assert sum(o.pose.shape[0] for o in outs if o.pose is not None) == len(raw)
+    shown = np.concatenate([o.display for o in outs if o.display is not None])
+    assert shown.shape == (len(raw), kp.NUM_ROWS, 3)
+    assert np.isfinite(shown).all()
+
+
+def test_stream_command_prints_chunks_and_latency(tiny_checkpoint, synth_root, tmp_path, capsys):
+    from src.commands.infer.stream import main
+
+    src = sorted((synth_root / "frames_512x512").glob("*.npy"))[1]
+    out = tmp_path / "tokens.jsonl"
+    assert main(["--checkpoint", str(tiny_checkpoint), "--input", str(src), "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    chunks = [json.loads(l) for l in lines if l.startswith("{")]
+    num = -(-np.load(src).shape[0] // 10)
+    assert [c["t"] for c in chunks if "t" in c] == list(range(num))
+    assert any("p50" in l and "p95" in l for l in lines)
+    record = json.loads(out.read_text())
+    assert record["meta"]["causal"] is True and len(record["tokens"]) == num
