@@ -3,6 +3,8 @@ temporal smoothness, codebook health, token rates, codes on holds, speed, and op
 the errors under controlled shifts of the input."""
 from __future__ import annotations
 
+import dataclasses
+
 from src.cli import parser, run
 
 
@@ -20,7 +22,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="a chunk is a hold where the ground truth moves less than this, px per frame")
     p.add_argument("--shifts", help="also evaluate controlled shifts of the input: all, or names "
                                     "separated by commas (src/metrics/shifts.py lists them)")
+    p.add_argument("--causal", choices=("checkpoint", "off", "on", "both"), default="checkpoint",
+                   help="preprocessing: the checkpoint's data.causal, offline, causal, or both side by side")
     args = p.parse_args(argv)
+    if args.shifts and args.causal == "both":
+        p.error("--shifts evaluates one preprocessing mode: use --causal off or on with it")
     if args.shifts:
         from src.metrics.shifts import select
         try:
@@ -44,10 +50,18 @@ def main(argv: list[str] | None = None) -> int:
         model, cfg = load_tokenizer(args.checkpoint, device, levels)
         if args.root:
             cfg.data.root = args.root
-        report = {"checkpoint": args.checkpoint,
-                  **evaluation_report(model, cfg, args.split, device, args.batch_size,
-                                      hold_motion_px=args.hold_motion_px)}
-        print(table(report))
+        modes = {"checkpoint": [cfg.data.causal], "off": [False], "on": [True], "both": [False, True]}[args.causal]
+        reports = {}
+        for causal in modes:
+            cfg.data = dataclasses.replace(cfg.data, causal=causal)
+            name = "causal" if causal else "offline"
+            reports[name] = {"checkpoint": args.checkpoint, "causal": causal,
+                             **evaluation_report(model, cfg, args.split, device, args.batch_size,
+                                                 hold_motion_px=args.hold_motion_px)}
+            print(f"== {name} preprocessing ==\n{table(reports[name])}" if len(modes) > 1 else table(reports[name]))
+        report = reports if len(modes) > 1 else next(iter(reports.values()))
+        if len(modes) > 1:
+            print(side_by_side(reports["offline"], reports["causal"]))
         if shifts:
             report["shifts"] = shift_report(model, cfg, args.split, device, report, shifts, args.batch_size)
             markdown = shift_markdown(report["shifts"])
@@ -63,6 +77,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run(body)
+
+
+def side_by_side(offline: dict, causal: dict) -> str:
+    """MPJPE px per stream, offline vs causal preprocessing: the cost of causality."""
+    offline, causal = offline["result"], causal["result"]
+    streams = list(offline["mpjpe_px"])
+    lines = ["MPJPE px      " + "".join(f"{s:>8}" for s in streams)]
+    for name, rep in (("offline", offline), ("causal", causal)):
+        lines.append(f"{name:<14}" + "".join(f"{rep['mpjpe_px'][s]:8.2f}" for s in streams))
+    lines.append(f"{'causal/offline':<14}" + "".join(
+        f"{causal['mpjpe_px'][s] / max(offline['mpjpe_px'][s], 1e-9):8.2f}" for s in streams))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

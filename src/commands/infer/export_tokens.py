@@ -2,7 +2,9 @@
 run-length NC compression and LLM templates."""
 from __future__ import annotations
 
+import dataclasses
 import sys
+import tempfile
 
 from src.cli import parser, run
 
@@ -20,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None, help="YAML whose export.* and data location keys are used")
     p.add_argument("--root", default=None, help="data root in the CSL-Daily layout (replaces data.root)")
     p.add_argument("--split", default="val", help="split of the split file to export")
+    p.add_argument("--input", nargs="+", default=None, metavar="FILE_OR_DIR",
+                   help=".pose files (or folders of them) to export instead of a split: converted as data-import "
+                        "does (pip install pose-format)")
     p.add_argument("--num-samples", type=int, default=10, metavar="N", help="first N sequences of the split; 0 = all")
     p.add_argument("--out", default="exports/tokens.jsonl", help="JSONL output, one line per sequence")
     p.add_argument("--to-llm", action="store_true",
@@ -44,9 +49,16 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as e:
             raise ConfigError(str(e)) from None
         model, ckpt_cfg = load_tokenizer(args.checkpoint, device)
-        cfg = export_config(ckpt_cfg, args.config, args.overrides, args.root)
-        records, stats, failures = export_tokens(model, cfg, args.split, args.num_samples, args.checkpoint,
-                                                 device, args.batch_size)
+        with tempfile.TemporaryDirectory() as tmp:
+            root, split = args.root, args.split
+            if args.input:
+                root, split = _import_inputs(args.input, tmp)
+            cfg = export_config(ckpt_cfg, args.config, args.overrides, root)
+            if args.input:  # the temporary root has the default layout names
+                cfg.data = dataclasses.replace(cfg.data, split_file="split_files.json", pose_dir="frames_512x512",
+                                               annotation_file="annotations.json", pack_dir="")
+            records, stats, failures = export_tokens(model, cfg, split, 0 if args.input else args.num_samples,
+                                                     args.checkpoint, device, args.batch_size)
         for line in summary_lines(stats, failures):
             print(line)
         if not records:
@@ -61,6 +73,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return run(body)
+
+
+def _import_inputs(paths: list[str], tmp: str) -> tuple[str, str]:
+    """Convert ``.pose`` inputs into a temporary root; returns (root, split)."""
+    from src.data.posefile import import_pose_files, pose_inputs, require_pose_format
+    from src.data.source import DataError
+
+    require_pose_format()
+    files = pose_inputs(paths)
+    written, skipped = import_pose_files(files, tmp, split="input")
+    for f, reason in skipped:
+        print(f"skipped {f}: {reason}")
+    if not written:
+        raise DataError(f"no readable .pose file in {' '.join(paths)}")
+    return tmp, "input"
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="parts: body, face and hands from their own streams; FB: all from the full body")
     p.add_argument("--max-frames", type=int, default=None, metavar="N",
                    help="cap an animation at about N frames by striding (real speed kept)")
+    p.add_argument("--pose-out", default=None, metavar="FILE.pose",
+                   help="also write the reconstruction as a .pose file (COCO-WholeBody 133 header; pip install pose-format)")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     args = p.parse_args(argv)
     if args.max_frames is not None and args.max_frames < 1:
@@ -41,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         except (IndexError, ValueError) as e:  # --frame out of range, unsupported --out suffix
             print(f"error: {e}", file=sys.stderr)
             return 2
+        if args.pose_out:
+            from src.data.posefile import write_pose
+
+            print(f"wrote {write_pose(args.pose_out, rec.recon, cfg.data.fps)}")
         errors = ", ".join(f"{s} {v:.2f}" for s, v in rec.mpjpe_px.items())
         print(f"{rec.name} ({rec.split}, {len(rec.original)} frames, {rec.num_chunks} chunks)")
         print(f"MPJPE px per stream: {errors}")
