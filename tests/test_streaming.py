@@ -182,3 +182,14 @@ def test_stream_command_prints_chunks_and_latency(tiny_checkpoint, synth_root, t
     assert any("p50" in l and "p95" in l for l in lines)
     record = json.loads(out.read_text())
     assert record["meta"]["causal"] is True and len(record["tokens"]) == num
+
+
+def test_causal_training_sample_and_fps_check(model_cfg, raw):
+    _, cfg = model_cfg
+    data = dataclasses.replace(cfg.data, causal=True, max_frames=40)
+    sample = make_sample(raw, data, np.random.default_rng(3))
+    c, length = sample["frame_mask"].shape
+    assert sample["x"].shape[:2] == (c, length) and sample["unit"].shape == (c, length)
+    assert np.isfinite(sample["x"]).all() and sample["num_frames"] <= 48   # cropped to 40, warped by <= 1.2x
+    with pytest.raises(DataError, match="source_fps"):
+        make_sample(raw, dataclasses.replace(data, source_fps=25))
