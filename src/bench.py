@@ -50,12 +50,16 @@ class BenchSettings:
     train_warmup: int = 1             # the first step also runs the codebooks' k-means init
     data_sequences: int = 2000        # synthetic sequences written for the loading figures
     data_cold_repeats: int = 3        # cold passes of raw loads (median)
+    quant_vectors: int = 4096         # quantiser training step against vector-quantize-pytorch
+    quant_repeats: int = 10
+    quant_warmup: int = 2
 
 
 FULL = BenchSettings()
 FAST = BenchSettings(latency_repeats=20, latency_warmup=3, export_batch=64, export_batch_cuda=256,
                      export_repeats=2, matmul_size=256, matmul_size_cuda=1024, matmul_repeats=3,
-                     train_steps=2, data_sequences=200, data_cold_repeats=1)
+                     train_steps=2, data_sequences=200, data_cold_repeats=1, quant_vectors=512,
+                     quant_repeats=3, quant_warmup=1)
 # --fast without a config of its own: a tiny model, so the whole bench takes seconds.
 FAST_OVERRIDES = ["model.width=64", "model.enc_layers=1", "model.dec_layers=1", "model.heads=2",
                   "model.latent_dim=32", "model.rvq.levels=2", "model.rvq.codebook_size=64",
@@ -216,6 +220,85 @@ def streaming_latency(model: SignTokenizer, settings: BenchSettings, device: tor
     return {"latency_ms_p50": float(np.median(ms)), "latency_ms_p95": float(np.percentile(ms, 95)),
             "latency_ms_min": float(ms.min()), "latency_ms_p50_bf16": float(np.median(times["bf16"])),
             "repeats": settings.latency_repeats, "threads": threads or torch.get_num_threads()}
+
+
+def stream_figures(model: SignTokenizer, cfg: Config, settings: BenchSettings, device: torch.device,
+                   threads: int | None) -> dict[str, Any]:
+    """The streaming path end to end, per new chunk: its frames pushed one at a time into a
+    ``StreamingTokenizer`` (causal preprocessing, normalisation, ``model.step``: encode,
+    quantise, and the decode that gives the next chunk's context), fp32 and bf16; and the
+    causal preprocessing of a chunk's frames alone."""
+    from src.data.causal import CausalCleaner
+    from src.data.synth import synth_sequence
+    from src.streaming import StreamingTokenizer
+
+    length = cfg.data.chunk_len
+    chunks = settings.latency_warmup + settings.latency_repeats
+    one, _ = synth_sequence(np.random.default_rng(0), 300)
+    frames = np.concatenate([one] * (-(-chunks * length // len(one))))[:chunks * length]
+    out: dict[str, Any] = {}
+    with num_threads(threads):
+        for precision in ("fp32", "bf16"):
+            tok = StreamingTokenizer(model, cfg, device, precision)
+            ms = []
+            for c in range(chunks):
+                start = time.perf_counter()
+                got = [tok.push(frames[f:f + 1]) for f in range(c * length, (c + 1) * length)]
+                ms.append(1e3 * (time.perf_counter() - start))
+                if sum(map(len, got)) != 1:
+                    raise RuntimeError("bench: a chunk's frames did not give exactly one chunk of tokens")
+            ms = np.array(ms[settings.latency_warmup:])
+            tag = "" if precision == "fp32" else "_bf16"
+            out[f"stream_chunk_ms_p50{tag}"] = float(np.median(ms))
+            out[f"stream_chunk_ms_p95{tag}"] = float(np.percentile(ms, 95))
+        cleaner, prep = CausalCleaner(cfg.data.conf_thresh, cfg.data.lowpass_sigma, cfg.data.causal_warmup), []
+        for c in range(chunks):
+            start = time.perf_counter()
+            for f in range(c * length, (c + 1) * length):
+                cleaner.push(frames[f:f + 1])
+            prep.append(1e3 * (time.perf_counter() - start))
+    out["preprocess_chunk_ms_p50"] = float(np.median(prep[settings.latency_warmup:]))
+    out["what"] = "per chunk: its frames pushed one by one; causal preprocessing + normalise + model.step"
+    return out
+
+
+def quantizer_step_ratio(settings: BenchSettings, threads: int | None) -> dict[str, Any]:
+    """Training step (forward + backward) of our residual quantiser against vector-quantize-pytorch's
+    ResidualVQ (dim 256, 3 levels, 1024 codes), interleaved in one run, 1 thread: the speed ratio.
+    Optional: skipped when vector-quantize-pytorch is not installed."""
+    try:
+        from vector_quantize_pytorch import ResidualVQ
+    except ImportError:
+        return {"skipped": "vector-quantize-pytorch not installed (pip install vector-quantize-pytorch)"}
+    from src.config import RVQConfig
+    from src.models.quantizer import ResidualQuantizer
+
+    torch.manual_seed(0)
+    ours = ResidualQuantizer(256, RVQConfig(levels=3, codebook_size=1024), groups=1).train()
+    theirs = ResidualVQ(dim=256, num_quantizers=3, codebook_size=1024).train()
+    x = torch.randn(1, settings.quant_vectors, 256, requires_grad=True)
+
+    def step_ours() -> None:
+        r = ours(x)
+        (r.quantized.square().mean() + r.commit_loss.sum() + r.usage_loss.sum()).backward()
+
+    def step_theirs() -> None:
+        quantized, _, loss = theirs(x)
+        (quantized.square().mean() + loss.sum()).backward()
+
+    times: dict[str, list[float]] = {"ours": [], "theirs": []}
+    with num_threads(threads):
+        for i in range(settings.quant_warmup + settings.quant_repeats):
+            for name, fn in (("ours", step_ours), ("theirs", step_theirs)):
+                start = time.perf_counter()
+                fn()
+                if i >= settings.quant_warmup:
+                    times[name].append(time.perf_counter() - start)
+    ours_ms, theirs_ms = (1e3 * float(np.median(times[k])) for k in ("ours", "theirs"))
+    return {"ours_step_ms_p50": ours_ms, "vqpytorch_step_ms_p50": theirs_ms, "speed_ratio_x": theirs_ms / ours_ms,
+            "vectors": settings.quant_vectors, "repeats": settings.quant_repeats,
+            "what": "ResidualQuantizer (EMA, usage term, restarts) vs vector_quantize_pytorch.ResidualVQ, "
+                    "forward + backward, interleaved, 1 thread"}
 
 
 def chunks_per_s(fn: Callable, x: torch.Tensor, observed: torch.Tensor, settings: BenchSettings,
@@ -460,6 +543,9 @@ def targets(report: dict[str, Any], model_cfg: ModelConfig) -> dict[str, bool]:
         "encode_chunks_per_s_1thread_bf16_ge_600": e["encode_chunks_per_s_1thread_bf16"] >= 600,
         "encoder_peak_frac_ge_0.5": e["encoder_peak_frac"] >= 0.5,
         "pack_speedup_load_cold_x_ge_5": d["pack_speedup_load_cold_x"] >= 5,
+        "stream_chunk_ms_p50_le_5": report["stream"]["stream_chunk_ms_p50"] <= 5.0,
+        "stream_chunk_ms_p50_bf16_le_5": report["stream"]["stream_chunk_ms_p50_bf16"] <= 5.0,
+        "quantizer_step_speed_ratio_ge_3": report["quantizer"].get("speed_ratio_x", 0.0) >= 3.0,
     }
 
 
@@ -477,6 +563,8 @@ def run_bench(cfg: Config, device: torch.device, settings: BenchSettings = FULL,
                        "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
     report["flops"] = flop_figures(model)
     report["streaming"] = streaming_latency(model, settings, device, one)
+    report["stream"] = stream_figures(model, cfg, settings, device, one)
+    report["quantizer"] = quantizer_step_ratio(settings, one)
     report["export"] = export_figures(model, report["flops"], settings, device, default_threads)
     with tempfile.TemporaryDirectory(prefix="signstream-bench-", dir=workdir) as folder:
         root, pack = write_bench_root(Path(folder), settings.data_sequences)

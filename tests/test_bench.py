@@ -20,7 +20,7 @@ SECTIONS = ("machine", "model", "flops", "streaming", "export", "data", "train",
 # A number's key names its unit (or says it is a count of something).
 UNITS = ("_ms", "_per_s", "_gflop", "_mflop", "_frac", "_mib", "_x", "_procs", "threads", "_cores",
          "chunks", "sequences", "frames", "steps", "repeats", "size", "width", "layers", "heads",
-         "ratio", "dim", "levels", "params_m")
+         "ratio", "dim", "levels", "params_m", "vectors")
 # Figures that may legitimately be 0 (a fully dropped cache) or are not timings.
 MAY_BE_ZERO = ("resident_frac",)
 
@@ -62,6 +62,17 @@ def test_every_section_and_figure(report):
     assert {"step_ms_p50", "chunks_per_s", "peak_memory_mib"} <= set(r["train"])
     assert {"cpu_model", "cpu_cores_os", "cpu_cores_affinity", "torch_version", "default_threads"} <= set(r["machine"])
     assert all(isinstance(v, bool) for v in r["targets"].values())
+
+
+def test_stream_and_quantizer_figures(report):
+    st, q = report[0]["stream"], report[0]["quantizer"]
+    assert st["stream_chunk_ms_p50"] <= st["stream_chunk_ms_p95"]
+    assert st["stream_chunk_ms_p50_bf16"] <= st["stream_chunk_ms_p95_bf16"]
+    assert 0 < st["preprocess_chunk_ms_p50"] < st["stream_chunk_ms_p95"]
+    if "skipped" in q:
+        assert "pip install vector-quantize-pytorch" in q["skipped"]
+    else:
+        assert q["speed_ratio_x"] == pytest.approx(q["vqpytorch_step_ms_p50"] / q["ours_step_ms_p50"])
 
 
 def test_numbers_are_finite_positive_and_have_units(report):
