@@ -199,3 +199,17 @@ def test_causal_training_sample_and_fps_check(model_cfg, raw):
     assert np.isfinite(sample["x"]).all() and sample["num_frames"] <= 48   # cropped to 40, warped by <= 1.2x
     with pytest.raises(DataError, match="source_fps"):
         make_sample(raw, dataclasses.replace(data, source_fps=25))
+
+
+def test_causal_lowpass_in_pieces_and_a_hand_coming_into_view(raw):
+    whole, _, _ = causal_clean(raw, 0.3, lowpass_sigma=2.0)
+    cleaner, parts, i = CausalCleaner(0.3, 2.0), [], 0
+    for n in np.random.default_rng(5).integers(0, 9, size=30):
+        parts.append(cleaner.push(raw[i:i + n]))
+        i += n
+    parts += [cleaner.push(raw[i:]), cleaner.flush()]
+    np.testing.assert_array_equal(concat_frames(parts).xy, whole.xy)
+    sharp, _, _ = causal_clean(raw, 0.3)
+    hand = list(kp.LEFT_HAND)      # first seen at frame 25: its filter memory starts there, not at 0
+    # (the angle differs a little: it is measured on the smoothed shoulders)
+    np.testing.assert_allclose(whole.xy[25, hand], sharp.xy[25, hand], atol=2.0)

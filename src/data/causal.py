@@ -105,7 +105,8 @@ class CausalCleaner:
         self.conf_thresh, self.warmup, self.size = conf_thresh, max(1, warmup), size
         self.kernel = causal_kernel(lowpass_sigma) if lowpass_sigma > 0 else None
         self.last_xy = np.zeros((kp.NUM_ROWS, 2), np.float32)   # last observation of each point
-        self.history: np.ndarray | None = None                   # previous filled frames (low-pass)
+        self.seen = np.zeros(kp.NUM_ROWS, bool)                   # observed at least once
+        self.history: np.ndarray | None = None                   # last filled frames, newest first (low-pass)
         self.lengths = {name: RunningMedian() for name, _ in _LENGTHS}
         self.angles = RunningMedian()
         self.frames_seen = 0
@@ -126,22 +127,31 @@ class CausalCleaner:
         return None
 
     def _fill(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Hold every unobserved point at its last observation, then the causal low-pass."""
+        """Hold every unobserved point at its last observation, then the causal low-pass.
+
+        Frame by frame, so that a frame's output never depends on how the frames were pushed.
+        The low-pass memory of a point starts at its first observation (as offline, where the
+        first observation is held backwards): a hand coming into view is not smeared with 0s.
+        """
         conf = observed_mask(raw, self.conf_thresh)
-        xy = np.empty((raw.shape[0], kp.NUM_ROWS, 2), np.float32)
+        out = np.empty((raw.shape[0], kp.NUM_ROWS, 2), np.float32)
         for t in range(raw.shape[0]):
+            first = conf[t] & ~self.seen
+            self.seen |= conf[t]
             self.last_xy = np.where(conf[t, :, None], raw[t, :, :2], self.last_xy).astype(np.float32)
-            xy[t] = self.last_xy
-        xy[:, kp.SIZE_ROW] = 0
-        if self.kernel is None:
-            return xy, conf
-        radius = len(self.kernel) - 1
-        past = self.history if self.history is not None else np.repeat(xy[:1], radius, axis=0)
-        padded = np.concatenate([past, xy])
-        out = np.zeros_like(xy)
-        for k, w in enumerate(self.kernel):
-            out += w * padded[radius - k:radius - k + xy.shape[0]]
-        self.history = padded[-radius:] if radius else padded[:0]
+            if self.kernel is None:
+                out[t] = self.last_xy
+                continue
+            if self.history is None:
+                self.history = np.repeat(self.last_xy[None], len(self.kernel), axis=0)
+            else:
+                self.history[:, first] = self.last_xy[first]
+                self.history = np.concatenate([self.last_xy[None], self.history[:-1]])  # newest first
+            smooth = np.zeros((kp.NUM_ROWS, 2), np.float32)
+            for w, frame in zip(self.kernel, self.history):
+                smooth += w * frame
+            out[t] = smooth
+        out[:, kp.SIZE_ROW] = 0
         return out, conf
 
     def _measure(self, xy: np.ndarray, conf: np.ndarray) -> None:
