@@ -19,7 +19,8 @@ frames can be tokenized while it plays and gives the same result however it is c
   end of the warm-up (no shoulders, eyelids, eyes nor ears seen yet) waits for the first
   frame that makes it known and takes that estimate;
 - **low-pass** (``lowpass_sigma > 0``): the causal half of a Gaussian (the current frame and
-  the previous 3 sigma), which delays the signal by about 0.8 sigma frames;
+  the previous 3 sigma), which delays the signal by about 0.8 sigma frames; its memory of a
+  point starts at the point's first observation;
 - **centres**: per frame, as offline, from the rows seen so far (offline: the rows the
   sequence ever shows) (:func:`causal_centres`).
 
