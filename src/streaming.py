@@ -20,8 +20,8 @@ import torch
 
 from src.config import Config
 from src.data import keypoints as kp
-from src.data.causal import CausalCleaner, CausalFrames, concat_frames
-from src.data.pose import chunk, normalise, stream_centres
+from src.data.causal import CausalCleaner, CausalFrames, causal_centres, concat_frames
+from src.data.pose import chunk, normalise
 from src.inference import load_tokenizer, precision_context, to_pixels
 from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer
@@ -141,6 +141,7 @@ class StreamingTokenizer:
         self.pending_display: torch.Tensor | None = None  # last decoded chunk (1, L, P, 2), second half unshown
         self.pending_info: dict | None = None
         self.num_chunks = 0
+        self.seen_rows = np.zeros(kp.NUM_ROWS, dtype=bool)   # rows seen in earlier chunks (centres)
 
     def push(self, frames: np.ndarray) -> list[ChunkTokens]:
         """Frames ``[n, 134, 3]`` (pixels and scores, as the dataset stores them; n may be 0) ->
@@ -173,7 +174,8 @@ class StreamingTokenizer:
 
     def _chunk(self, frames: CausalFrames) -> ChunkTokens:
         """Normalise one chunk's frames exactly as ``make_sample`` does, then ``model.step``."""
-        centres = stream_centres(frames.xy)
+        centres = causal_centres(frames.xy, frames.conf, self.seen_rows)
+        self.seen_rows |= frames.conf.any(axis=0)
         x, frame_mask = chunk(normalise(frames.xy, centres, frames.unit), self.chunk_len)
         conf = chunk(frames.conf[:, kp.STREAM_ROWS], self.chunk_len)[0] & frame_mask[..., None]
         codes, decoded = step_chunk(self.model, x[0], conf[0], self.context, self.device, self.precision)

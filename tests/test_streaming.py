@@ -213,3 +213,27 @@ def test_causal_lowpass_in_pieces_and_a_hand_coming_into_view(raw):
     hand = list(kp.LEFT_HAND)      # first seen at frame 25: its filter memory starts there, not at 0
     # (the angle differs a little: it is measured on the smoothed shoulders)
     np.testing.assert_allclose(whole.xy[25, hand], sharp.xy[25, hand], atol=2.0)
+
+
+@pytest.fixture(scope="module")
+def context_model(synth_root, tmp_path_factory, one_thread):
+    """A tiny model with temporal context, trained in the causal mode (2 epochs)."""
+    from src.train.loop import train
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(synth_root, tmp_path_factory.mktemp("ctx"), "model.context=previous", "data.causal=true")
+    return load_tokenizer(train(cfg) / "ckpt_last.pt")
+
+
+def test_context_model_streams_as_it_exports(context_model, raw):
+    """The codes of a model whose chunks depend on the previous decoded chunk: stream in pieces
+    == the causal offline path == the export's closed-loop tokenize of the causal sample."""
+    from src.inference import tokenize
+
+    model, cfg = context_model
+    assert model.uses_context and cfg.data.causal
+    sample = {**make_sample(raw, dataclasses.replace(cfg.data, max_frames=0)), "name": "x"}
+    offline, _ = causal_codes(model, sample)
+    pieces, _ = stream_codes(StreamingTokenizer(model, cfg), raw, [3, 0, 11, 1, 7, 0, 9])
+    np.testing.assert_array_equal(pieces, offline)
+    np.testing.assert_array_equal(tokenize(model, [sample])[0].codes, offline)
