@@ -6,7 +6,7 @@ on another split, measured like ``eval-rvq`` (observed points, true centre and u
 It is not a tokenizer (the coefficients are continuous); it shows what a linear map of the
 chunk can keep with k numbers per chunk and stream.
 
-    python scripts/pca_reference.py --config configs/real_sample.yaml --split val --dims 8 16 32 64
+    python scripts/pca_reference.py --config configs/real_sample.yaml --root <folder> --split val --dims 8 16 32 64
 """
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.config import Config, load_config  # noqa: E402
+from src import cli  # noqa: E402
+from src.config import Config  # noqa: E402
 from src.data import keypoints as kp  # noqa: E402
 from src.data.dataset import PoseDataset, collate  # noqa: E402
 from src.metrics.evaluate import chunk_units  # noqa: E402
 from src.metrics.recon import mpjpe_sums  # noqa: E402
+from src.runtime import set_threads  # noqa: E402
 
 
 def split_chunks(cfg: Config, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -54,19 +56,34 @@ def pca_mpjpe(train: torch.Tensor, x: torch.Tensor, observed: torch.Tensor, unit
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="configs/real_sample.yaml", help="YAML config naming the data")
+    p.add_argument("--root", help="data root in the CSL-Daily layout (replaces data.root)")
     p.add_argument("--split", default="val", help="split to measure on (the PCA is fitted on train)")
-    p.add_argument("--dims", type=int, nargs="+", default=[8, 16, 32, 64], help="numbers of components")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    p.add_argument("--dims", nargs="+", default=["8", "16", "32", "64"], help="numbers of components")
+    cli.add_threads_arg(p)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides (anywhere)")
     args = p.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    cfg.data.max_frames = 0  # whole sequences, as eval-rvq measures them
-    train, _, _ = split_chunks(cfg, "train")
-    x, observed, unit = split_chunks(cfg, args.split)
-    print(f"PCA fitted on {len(train)} train chunks; MPJPE px on {len(x)} {args.split} chunks")
-    print(f"{'dims':>6}" + "".join(f"{name:>8}" for name in kp.STREAM_NAMES))
-    for k, row in pca_mpjpe(train, x, observed, unit, args.dims).items():
-        print(f"{k:>6}" + "".join(f"{row[name]:8.2f}" for name in kp.STREAM_NAMES))
-    return 0
+    # --dims takes every word after it, so key=value items written after it land there too.
+    args.overrides += [d for d in args.dims if "=" in d]
+    try:
+        dims = [int(d) for d in args.dims if "=" not in d]
+    except ValueError:
+        p.error(f"--dims takes whole numbers, got {' '.join(args.dims)}")
+    if not dims or min(dims) < 1:
+        p.error("--dims needs at least one number >= 1")
+
+    def body() -> int:
+        cfg = cli.config_from_args(args)
+        set_threads(cfg.threads)
+        cfg.data.max_frames = 0  # whole sequences, as eval-rvq measures them
+        train, _, _ = split_chunks(cfg, "train")
+        x, observed, unit = split_chunks(cfg, args.split)
+        print(f"PCA fitted on {len(train)} train chunks; MPJPE px on {len(x)} {args.split} chunks")
+        print(f"{'dims':>6}" + "".join(f"{name:>8}" for name in kp.STREAM_NAMES))
+        for k, row in pca_mpjpe(train, x, observed, unit, dims).items():
+            print(f"{k:>6}" + "".join(f"{row[name]:8.2f}" for name in kp.STREAM_NAMES))
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -370,8 +370,9 @@ def peak_memory_mib(device: torch.device) -> float:
     return peak_memory(device)[0]
 
 
-def training_figures(cfg: Config, batch, settings: BenchSettings, device: torch.device) -> dict[str, Any]:
-    """Optimizer steps on one real batch with the training loop's own ``train_step``. Default threads."""
+def _train_step_seconds(cfg: Config, batch, settings: BenchSettings, device: torch.device,
+                        threads: int | None) -> np.ndarray:
+    """Seconds of each timed optimizer step of a fresh model on ``batch`` with ``threads`` CPU threads."""
     from src.train.loop import train_step
     from src.train.optim import build_optimizer
 
@@ -379,17 +380,25 @@ def training_figures(cfg: Config, batch, settings: BenchSettings, device: torch.
     model = SignTokenizer(cfg.model, cfg.data.chunk_len).to(device).train()
     optimizer = build_optimizer(model, cfg.train)
     scaler = torch.amp.GradScaler(enabled=False)
-    batch = batch.to(device)
-    chunks = int(batch.chunk_mask.sum())
 
     def step() -> None:
         train_step(model, model, optimizer, scaler, batch, cfg)
 
+    with num_threads(threads):
+        return time_calls(step, settings.train_steps, settings.train_warmup, device)
+
+
+def training_figures(cfg: Config, batch, settings: BenchSettings, device: torch.device) -> dict[str, Any]:
+    """Optimizer steps on one real batch with the training loop's own ``train_step``, with the
+    default threads and (on CPU) with one: on a machine shared with other busy processes one
+    thread can be several times faster."""
+    batch = batch.to(device)
+    chunks = int(batch.chunk_mask.sum())
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rss_before = peak_memory_mib(torch.device("cpu"))
-    seconds = time_calls(step, settings.train_steps, settings.train_warmup, device)
-    return {
+    seconds = _train_step_seconds(cfg, batch, settings, device, None)
+    out = {
         "batch_sequences": batch.x.shape[0],
         "batch_chunks": chunks,
         "step_ms_p50": 1e3 * float(np.median(seconds)),
@@ -402,6 +411,26 @@ def training_figures(cfg: Config, batch, settings: BenchSettings, device: torch.
         else "process peak RSS (ru_maxrss, whole process so far)",
         "process_peak_rss_before_mib": rss_before,
     }
+    if device.type != "cuda":
+        one = _train_step_seconds(cfg, batch, settings, device, 1)
+        out["step_ms_p50_1thread"] = 1e3 * float(np.median(one))
+        out["chunks_per_s_1thread"] = chunks / float(np.median(one))
+    return out
+
+
+def thread_advice(report: dict[str, Any]) -> str | None:
+    """A line saying to use one thread when it beat the default threads (a busy machine), else None."""
+    t, e = report.get("train", {}), report.get("export", {})
+    threads = t.get("threads")
+    if not threads or threads == 1 or "chunks_per_s_1thread" not in t:
+        return None
+    pairs = [("training", t["chunks_per_s_1thread"], t["chunks_per_s"]),
+             ("export", e.get("encode_chunks_per_s_1thread", 0.0), e.get("encode_chunks_per_s_all_threads", math.inf))]
+    faster = [f"{name} {one / many:.1f}x" for name, one, many in pairs if one > 1.1 * many]
+    if not faster:
+        return None
+    return (f"one thread was faster than {threads} ({', '.join(faster)}): other processes are likely busy on "
+            "these cores; use --threads 1 (or threads: 1 in the config)")
 
 
 # --------------------------------------------------------------------------- data loading

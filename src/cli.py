@@ -31,8 +31,26 @@ def add_config_args(p: argparse.ArgumentParser, default: str | None = "configs/d
                    help="dotted config overrides, e.g. train.lr=1e-4 data.root=CSL-Daily")
 
 
+def add_threads_arg(p: argparse.ArgumentParser, from_config: bool = True) -> None:
+    """``--threads N``: intra-op CPU threads for this command (``threads=N`` in a config)."""
+    default = "the config's 'threads'" if from_config else "torch's default"
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="intra-op CPU threads (0 = torch's default, one per core; 1 is often faster "
+                        f"when other processes share the CPUs); default: {default}")
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-    return load_config(args.config or None, args.overrides)
+    """The config of ``--config`` and the overrides; ``--root`` and ``--threads`` (where the command has them) last."""
+    root, threads = getattr(args, "root", None), getattr(args, "threads", None)
+    extra = ([f"data.root={root}"] if root is not None else []) + ([f"threads={threads}"] if threads is not None else [])
+    return load_config(args.config or None, [*args.overrides, *extra])
+
+
+def apply_threads(threads: int | None) -> int:
+    """Set ``--threads`` for a command that reads no config (None: leave torch's default)."""
+    from src.runtime import set_threads
+
+    return set_threads(threads or 0)
 
 
 def run(fn: Callable[[], int | None]) -> int:

@@ -137,6 +137,7 @@ class TrainConfig:
     device: str = "auto"             # auto | cpu | cuda
     seed: int = 42
     log_every: int = 50              # steps
+    log_every_s: float = 30.0        # also a log line this often within an epoch when there is no progress bar; 0 = off
     val_every: int = 1               # epochs
     ckpt_every: int = 5              # epochs
     codebook_every: int = 5          # epochs between codebook usage histograms (health: every validation)
@@ -160,6 +161,7 @@ class ExportConfig:
 class Config:
     experiment_name: str = "signstream"
     save_path: str = "checkpoints"
+    threads: int = 0                 # intra-op CPU threads; 0 = torch's default (one per core)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -319,10 +321,25 @@ def read_yaml(path: str | os.PathLike) -> Any:
                           "not tabs, and close every bracket and quote)") from None
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_config(path: str | os.PathLike) -> Path:
+    """``path`` as given (relative to the working directory), else relative to the repository,
+    so ``--config configs/demo.yaml`` works from any folder."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.is_absolute() and (REPO / p).is_file():
+        return REPO / p
+    where = f" (nor {REPO / p})" if not p.is_absolute() else ""
+    raise ConfigError(f"config file not found: {p}{where}")
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file (if given), then the overrides; then the ranges are checked."""
     if path is not None:
-        values = read_yaml(path) or {}
+        values = read_yaml(find_config(path)) or {}
         try:
             cfg = from_dict(values)
         except ConfigError as e:
@@ -343,6 +360,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Config], bool], str]] = {
     "data.conf_thresh": (lambda c: math.isfinite(c.data.conf_thresh), "a finite score"),
     "data.lowpass_sigma": (lambda c: c.data.lowpass_sigma >= 0, ">= 0 frames"),
     "data.num_workers": (lambda c: c.data.num_workers >= 0, ">= 0"),
+    "threads": (lambda c: c.threads >= 0, ">= 0 (0 = torch's default)"),
     "data.augment.mirror_prob": (lambda c: 0 <= c.data.augment.mirror_prob <= 1, "in [0, 1]"),
     "data.augment.time_warp_max": (lambda c: 0 <= c.data.augment.time_warp_max < 1, "in [0, 1)"),
     "data.augment.dropout_prob": (lambda c: 0 <= c.data.augment.dropout_prob <= 1, "in [0, 1]"),
@@ -376,6 +394,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Config], bool], str]] = {
     "train.min_lr_ratio": (lambda c: 0 <= c.train.min_lr_ratio <= 1, "in [0, 1]"),
     "train.grad_clip": (lambda c: c.train.grad_clip > 0, "> 0"),
     "train.log_every": (lambda c: c.train.log_every >= 1, ">= 1 step"),
+    "train.log_every_s": (lambda c: c.train.log_every_s >= 0, ">= 0 seconds (0 = off)"),
     "train.val_every": (lambda c: c.train.val_every >= 1, ">= 1 epoch"),
     "train.ckpt_every": (lambda c: c.train.ckpt_every >= 1, ">= 1 epoch"),
     "train.codebook_every": (lambda c: c.train.codebook_every >= 1, ">= 1 epoch"),

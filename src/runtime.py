@@ -30,3 +30,20 @@ def reuse_freed_memory() -> bool:
         return False
     done = [libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX), libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)]
     return all(done)  # mallopt returns 1 on success
+
+
+def set_threads(n: int) -> int:
+    """Use ``n`` intra-op CPU threads in torch (0: keep torch's default, one per core).
+
+    On a machine whose cores are busy with other processes, torch's default can run several
+    times slower than one thread: its threads wait on each other at every operator.
+    Returns the number of threads now in use.
+    """
+    import torch
+
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        from src.config import ConfigError
+        raise ConfigError(f"threads: expected an int >= 0 (0 = torch's default), got {n!r}")
+    if n > 0 and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()

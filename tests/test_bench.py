@@ -59,7 +59,7 @@ def test_every_section_and_figure(report):
             "encoder_peak_frac", "encode_peak_frac", "encode_chunks_per_s_1thread_bf16",
             "bf16_codes_equal_to_fp32_frac"} <= set(r["export"])
     assert 0.0 <= r["export"]["bf16_codes_equal_to_fp32_frac"] <= 1.0
-    assert {"step_ms_p50", "chunks_per_s", "peak_memory_mib"} <= set(r["train"])
+    assert {"step_ms_p50", "chunks_per_s", "peak_memory_mib", "step_ms_p50_1thread", "chunks_per_s_1thread"} <= set(r["train"])
     assert {"cpu_model", "cpu_cores_os", "cpu_cores_affinity", "torch_version", "default_threads"} <= set(r["machine"])
     assert all(isinstance(v, bool) for v in r["targets"].values())
 
@@ -149,3 +149,13 @@ def test_cache_drop_evicts_a_file(tmp_path: Path):
     if after == before:
         pytest.skip("this filesystem keeps its pages in memory (tmpfs?)")
     assert after == 0
+
+
+def test_thread_advice_only_when_one_thread_wins():
+    busy = {"train": {"threads": 2, "chunks_per_s": 20.0, "chunks_per_s_1thread": 120.0},
+            "export": {"encode_chunks_per_s_1thread": 300.0, "encode_chunks_per_s_all_threads": 500.0}}
+    advice = bench.thread_advice(busy)
+    assert "--threads 1" in advice and "training 6.0x" in advice and "export" not in advice
+    idle = {"train": {"threads": 2, "chunks_per_s": 100.0, "chunks_per_s_1thread": 60.0}, "export": {}}
+    assert bench.thread_advice(idle) is None
+    assert bench.thread_advice({"train": {"threads": 1, "chunks_per_s": 1.0, "chunks_per_s_1thread": 9.0}}) is None

@@ -193,3 +193,36 @@ def test_wrong_type_names_the_key(override, key):
 def test_override_without_equals_sign_is_an_error():
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides(Config(), ["train.lr"])
+
+
+def test_configs_are_found_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config("configs/demo.yaml").experiment_name == "demo"
+    with pytest.raises(ConfigError, match="nope.yaml.*nor"):
+        load_config("configs/nope.yaml")
+
+
+def test_threads_setting_and_flag(monkeypatch):
+    import argparse
+
+    import torch
+
+    from src import cli
+    from src.runtime import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(1) == 1 == torch.get_num_threads()
+        assert set_threads(0) == 1  # 0 leaves the count as it is
+        with pytest.raises(ConfigError, match="threads"):
+            set_threads(-1)
+    finally:
+        torch.set_num_threads(before)
+    p = argparse.ArgumentParser()
+    cli.add_config_args(p)
+    cli.add_threads_arg(p)
+    p.add_argument("--root")
+    args = p.parse_args(["--config", "configs/tiny.yaml", "threads=3", "--threads", "2", "--root", "R"])
+    cfg = cli.config_from_args(args)
+    assert cfg.threads == 2 and cfg.data.root == "R"  # the flags win over the overrides
+    assert load_config(CONFIGS / "tiny.yaml").threads == 0

@@ -35,6 +35,15 @@ def test_demo_runs_the_whole_pipeline(tmp_path, capsys):
     report = json.loads((run / "eval.json").read_text())
     numbers = list(_finite_numbers(report["result"])) + list(_finite_numbers(report["codebook"]))
     assert numbers and all(math.isfinite(x) for x in numbers)
-    row = re.search(r"MPJPE px \(val\)\s+(.+)", out).group(1).split()
+    row = re.search(r"MPJPE px\s+(.+)", out).group(1).split()
     assert len(row) == 5 and all(math.isfinite(float(v)) for v in row)
+    # every check's verdict is in the table, as in eval.json
+    verdicts = re.search(r"check <= 0.7 x oracle\s+(.+)", out).group(1).split()
+    assert verdicts == ["PASS" if report["checks"][f"mpjpe_{s}_vs_mean_oracle"]["pass"] else "FAIL"
+                        for s in ("F", "LH", "RH", "B")] + ["-"]
+    assert len(re.search(r"check >= \d+ codes\s+(.+)", out).group(1).split()) == 5
+    failed = [name for name, c in report["checks"].items() if not c["pass"]]
+    assert f"checks: {len(report['checks']) - len(failed)} of {len(report['checks'])} pass" in out
+    assert all(f"not reached: {name}" in out for name in failed)
+    assert "lossless RLE" in out and "codes used l0 % (raw)" in out
     assert not ensure_synthetic(root, 24)  # a second demo reuses the synthetic set

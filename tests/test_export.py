@@ -347,3 +347,45 @@ def test_load_tokenizer_codes_fewer_levels_on_request(tiny_checkpoint):
         load_tokenizer(tiny_checkpoint, stream_levels={"LH": 3})
     with pytest.raises(ConfigError, match="--levels"):
         parse_levels("XX=1")
+
+
+def test_eval_and_export_agree_on_token_rates_and_codebook_use(model_cfg):
+    """One definition per figure: eval-rvq's lossless and thresholded token rates are what the
+    export writes with that RLE, and its codebook use is the export's raw code counts."""
+    from src.metrics.codebook import usage_stats
+    from src.metrics.report import evaluation_report, token_rates
+
+    model, cfg = model_cfg
+    cfg = export_config(cfg, overrides=["export.rle_threshold=0.2"])
+    report = evaluation_report(model, cfg, "val", torch.device("cpu"), batch_size=2, progress=False)
+    tokens = report["result"]["tokens"]
+    _, lossless, _ = run_export(model_cfg)
+    _, thresholded, _ = run_export(model_cfg, "export.rle_threshold=0.2")
+    assert tokens["tokens_per_chunk_rle"] == pytest.approx(lossless.per_chunk(lossless.tokens))
+    assert tokens["tokens_per_chunk_rle_thresholded"] == pytest.approx(thresholded.per_chunk(thresholded.tokens))
+    assert tokens["tokens_per_chunk_rle_thresholded"] < tokens["tokens_per_chunk_rle"]  # the static hold
+    assert "lossless RLE" in token_rates(tokens) and "threshold 0.2" in token_rates(tokens)
+    for stream, counts in thresholded.raw_code_counts.items():
+        for level, row in enumerate(counts):
+            assert usage_stats(row)["used"] == report["codebook"][stream][f"l{level}"]["used"], (stream, level)
+
+
+def test_usage_picture_says_which_codes_it_counts(lossless):
+    records = list(lossless[0].values())
+    assert token_report.usage_source(records).startswith("raw codes")
+    held = [dict(r, meta={**r["meta"], "rle_threshold": 0.2}) for r in records]
+    assert "RLE threshold 0.2" in token_report.usage_source(held)
+
+
+def test_eval_strict_exit_status_follows_the_checks(tiny_checkpoint, synth_root, tmp_path, capsys):
+    from src.commands.eval.rvq import main as eval_main
+
+    args = ["--checkpoint", str(tiny_checkpoint), "--root", str(synth_root), "--threads", "1"]
+    assert eval_main([*args, "--out", str(tmp_path / "a.json")]) == 0
+    report = json.loads((tmp_path / "a.json").read_text())
+    failed = [name for name, c in report["checks"].items() if not c["pass"]]
+    out = capsys.readouterr().out
+    assert f"checks: {len(report['checks']) - len(failed)} of {len(report['checks'])} pass" in out
+    assert failed, "a 2-epoch tiny model is expected to miss some checks"
+    assert eval_main([*args, "--strict", "--out", str(tmp_path / "b.json")]) == 1
+    assert (tmp_path / "b.json").is_file() and failed[0] in capsys.readouterr().err

@@ -12,7 +12,7 @@ from src.data.keypoints import (
     NUM_ROWS, R_ELBOW, R_SHOULDER, R_WRIST, RIGHT_EYELID, RIGHT_HAND, RIGHT_HAND_BONES, SHOULDER_WIDTH,
     UNIT_FALLBACKS,
 )
-from src.data.synth import NUM_SIGNERS, synth_sequence, write_synthetic_dataset
+from src.data.synth import NUM_SIGNERS, synth_sequence, synthetic_marker, write_synthetic_dataset
 
 LEGS = list(range(14, 18)) + list(FEET)
 
@@ -227,3 +227,41 @@ def test_command(tmp_path, capsys):
     line = capsys.readouterr().out.strip()
     assert str(out) in line and "train" in line and "frames" in line and "\n" not in line
     assert len(list((out / "frames_512x512").iterdir())) == 12
+
+
+def test_rewriting_a_synthetic_folder_replaces_stale_files(tmp_path):
+    root = tmp_path / "ds"
+    write_synthetic_dataset(root, 12, seed=1, min_frames=20, max_frames=30)
+    (root / "frames_512x512" / "notes.txt").write_text("mine")  # not ours: kept
+    write_synthetic_dataset(root, 10, seed=1, min_frames=20, max_frames=30)
+    names = sorted(p.stem for p in (root / "frames_512x512").glob("*.npy"))
+    assert names == [f"synth_{i:06d}" for i in range(10)]
+    assert (root / "frames_512x512" / "notes.txt").read_text() == "mine"
+    assert synthetic_marker(root)["num"] == 10
+
+
+def test_a_folder_with_other_data_is_refused(tmp_path):
+    (tmp_path / "frames_512x512").mkdir()
+    (tmp_path / "frames_512x512" / "video_01.npy").write_bytes(b"someone's data")
+    with pytest.raises(ValueError, match="video_01.npy"):
+        write_synthetic_dataset(tmp_path, 10, min_frames=20, max_frames=30)
+    assert (tmp_path / "frames_512x512" / "video_01.npy").read_bytes() == b"someone's data"
+
+
+def test_demo_regenerates_a_set_of_another_size(tmp_path):
+    from src.demo import ensure_synthetic
+
+    root = tmp_path / "ds"
+    assert ensure_synthetic(root, 10) and not ensure_synthetic(root, 10)
+    assert ensure_synthetic(root, 11)
+    assert len(list((root / "frames_512x512").glob("*.npy"))) == 11
+
+
+def test_data_check_says_the_nan_are_planted(tmp_path):
+    from src.data.check import check_root, format_report
+
+    write_synthetic_dataset(tmp_path, 10, seed=0, min_frames=60, max_frames=90)
+    text = format_report(check_root(tmp_path))
+    assert "NaN/inf" in text and "planted on purpose" in text
+    (tmp_path / "synthetic.json").unlink()
+    assert "planted" not in format_report(check_root(tmp_path))

@@ -137,3 +137,32 @@ def test_find_batch_size_bisects_to_the_largest_fit():
     assert find_batch_size(lambda bs: None, limit=100) == 100
     with pytest.raises(RuntimeError, match="not even a batch of 1"):
         find_batch_size(lambda bs: fits(bs * 1000))
+
+
+def test_missing_root_says_how_to_point_at_it(tmp_path, monkeypatch, capsys):
+    from src.commands.train.rvq import main as train_main
+
+    monkeypatch.chdir(tmp_path)  # a fresh clone: no real_pose_sample next to run.py
+    assert train_main(["--config", "configs/real_sample.yaml", "save_path=runs"]) == 2
+    err = capsys.readouterr().err
+    assert "data root not found: real_pose_sample" in err and "--root <folder>" in err
+    assert "ln -s <folder> real_pose_sample" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_tensorboard_names_and_progress_lines_without_a_bar(synth_root, tmp_path, caplog):
+    """Losses sit under */loss/ (per stream too), apart from codebook/usage (a fraction); with
+    output to a file (no bar) a line is logged every log_every_s seconds within an epoch."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config(synth_root, tmp_path, "train.epochs=1", "train.log_every=2", "train.log_every_s=1e-6")
+    with caplog.at_level("INFO", logger="signstream.train"):
+        run = train(cfg)
+    events = EventAccumulator(str(run))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss/total", "train/loss/recon/LH", "train/loss/usage/F", "train/lr", "train/grad_norm",
+            "val/loss/usage", "val/loss/recon/FB", "codebook/usage/F/l0"} <= tags
+    assert not {"val/usage", "train/usage"} & tags
+    steps = [r.getMessage() for r in caplog.records if " step " in r.getMessage() and "/3)" in r.getMessage()]
+    assert len(steps) == 3  # every step: the seconds are always up (20 sequences, batch 8)

@@ -1,7 +1,6 @@
 """Plots and renders of src.viz: files written, image sizes, frame counts, token decoding."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -9,7 +8,9 @@ import numpy as np
 import pytest
 from matplotlib.colors import to_rgb
 
-from src.data.keypoints import BODY_BONES, LEFT_HAND, NUM_ROWS, RIGHT_HAND
+from src.data.keypoints import (
+    BODY_BONES, L_SHOULDER, L_WRIST, LEFT_HAND, NOSE, NUM_ROWS, R_SHOULDER, R_WRIST, RIGHT_HAND,
+)
 from src.viz import skeleton
 from src.viz._figure import atomic_path, new_figure
 from src.viz.skeleton import draw_pose, render_comparison
@@ -134,14 +135,56 @@ def test_view_keeps_video_size_when_first_frame_is_lost():
     assert [ax.get_xlim() for ax in fig.fig.axes[:2]] == [(0, W), (0, W)]
 
 
-def test_mp4_falls_back_to_gif_without_ffmpeg(tmp_path, monkeypatch, caplog):
+def test_mp4_without_ffmpeg_fails_and_leaves_a_gif_alone(tmp_path, monkeypatch):
     monkeypatch.setattr(skeleton, "_ffmpeg_available", lambda: False)
     poses = make_poses(4)
-    with caplog.at_level(logging.WARNING, logger=skeleton.__name__):
-        out = render_comparison(poses, poses, tmp_path / "cmp.mp4")
-    assert out == tmp_path / "cmp.gif" and only_file(tmp_path) == out
-    assert iio.imread(out, index=None).shape[0] == 4
-    assert "ffmpeg" in caplog.text
+    gif = tmp_path / "cmp.gif"
+    gif.write_bytes(b"the user's own GIF")
+    with pytest.raises(ValueError, match="imageio-ffmpeg"):
+        render_comparison(poses, poses, tmp_path / "cmp.mp4")
+    assert only_file(tmp_path) == gif and gif.read_bytes() == b"the user's own GIF"
+
+
+def test_gif_keeps_real_time(tmp_path):
+    """GIF delays are whole centiseconds: 30 fps must alternate 30 and 40 ms, not play 10% fast."""
+    from PIL import Image
+
+    poses = make_poses(30)
+    poses[:, 1:, :2] += np.arange(30)[:, None, None]  # every frame differs (no merged frames)
+    out = render_comparison(poses, poses, tmp_path / "cmp.gif", fps=30)
+    with Image.open(out) as im:
+        delays = []
+        for i in range(im.n_frames):
+            im.seek(i)
+            delays.append(im.info["duration"])
+    assert len(delays) == 30 and set(delays) == {30, 40} and sum(delays) == 1000
+    assert skeleton.gif_durations(6, 1000 * 3 / 30) == [100] * 6  # a stride of 3 frames
+
+
+def test_wrists_join_hand_roots_and_a_neck_holds_the_head():
+    pose = make_poses(1)[0]
+    visible = np.ones(NUM_ROWS, bool)
+    segs = skeleton._joins(pose, visible).reshape(3, 3, 2)
+    assert np.array_equal(segs[0, :2], pose[[L_WRIST, LEFT_HAND.start], :2])
+    assert np.array_equal(segs[1, :2], pose[[R_WRIST, RIGHT_HAND.start], :2])
+    assert np.allclose(segs[2, 0], pose[[L_SHOULDER, R_SHOULDER], :2].mean(0)) and np.array_equal(segs[2, 1], pose[NOSE, :2])
+    visible[[R_WRIST, NOSE]] = False  # what is not seen is not joined
+    segs = skeleton._joins(pose, visible).reshape(3, 3, 2)
+    assert np.isfinite(segs[0, :2]).all() and np.isnan(segs[1:]).all()
+
+
+def test_long_timelines_get_whole_chunk_ticks(tmp_path):
+    from src.viz.tokens import _timeline_axes
+
+    record = {"video_name": "long", "fps": 30, "chunk_len": 10, "meta": {"num_levels": 1},
+              "tokens": [{"t": t, **{s: [t % 7] for s in ("F", "LH", "RH", "B", "FB")}} for t in range(23)]}
+    tl = _decode(record)
+    fig = new_figure(6, 3, 80)
+    ax = fig.add_subplot()
+    ax.set_xlim(-0.5, 22.5)
+    _timeline_axes(ax, tl, 1, 1 / 3)
+    ticks = [t for t in ax.get_xticks() if -0.5 <= t <= 22.5]
+    assert len(ticks) >= 3 and all(float(t).is_integer() for t in ticks)
 
 
 def test_mp4_with_ffmpeg(tmp_path):

@@ -17,6 +17,7 @@ from src.config import DataConfig
 from src.data import keypoints as kp
 from src.data.source import (NPY_ERRORS, PACK_ARRAY, PACK_DIR, PACK_INDEX, DataError, content_checksum,
                              index_problem, pack_problem, read_json, read_npy, usability)
+from src.data.synth import MARKER, synthetic_marker
 
 PARTS: dict[str, range] = {"body": kp.BODY, "face": kp.FACE, "left_hand": kp.LEFT_HAND,
                            "right_hand": kp.RIGHT_HAND, "feet": kp.FEET}
@@ -274,9 +275,11 @@ def _warnings(root: Path, cfg: DataConfig, tally: _Tally, splits: dict, annotati
     if other:
         out.append(f"dtype other than float32 in {sum(other.values())} files ({other}); read as float32")
     if tally.scores_out_of_range or tally.scores_nonfinite:
+        planted = ("; planted on purpose: this is the synthetic signer, whose detector-like noise includes "
+                   f"NaN frames ({MARKER})") if synthetic_marker(root) else ""
         out.append(f"scores outside [0, {SCORE_MAX}]: {tally.scores_out_of_range}, NaN/inf: "
                    f"{tally.scores_nonfinite} (e.g. {files(tally.out_of_range_files or tally.nan_files)}); "
-                   "such points count as missing")
+                   f"such points count as missing{planted}")
     if tally.normalised:
         out.append(f"{len(tally.normalised)} files have all coordinates within [-1.5, 1.5] (e.g. "
                    f"{files(tally.normalised)}): expected pixels, not normalised coordinates")

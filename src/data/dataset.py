@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -121,6 +122,17 @@ class _TransformedSource:
         return self.transform(self.source.load(name), name)
 
 
+def require_root(root: str | Path) -> Path:
+    """``root`` as a Path; a DataError saying where it was looked for and how to point at it when missing."""
+    root = Path(root)
+    if root.is_dir():
+        return root
+    where = "" if root.is_absolute() else f" (relative to the working directory: {Path.cwd() / root})"
+    link = f"; or link it there: ln -s <folder> {root}" if not root.is_absolute() and len(root.parts) == 1 else ""
+    raise DataError(f"data root not found: {root}{where}; pass --root <folder> (or data.root=<folder>){link}; "
+                    "`python run.py data-synth --out DIR` makes a synthetic one")
+
+
 class PoseDataset(Dataset):
     """One split of a CSL-Daily-layout root. Unusable names are skipped, counted and logged once.
 
@@ -137,10 +149,7 @@ class PoseDataset(Dataset):
         if truth_transform is not None and (train or raw_transform is None):
             raise ValueError("truth_transform needs a raw_transform and an evaluation dataset (train=False)")
         self.raw_transform, self.truth_transform = raw_transform, truth_transform
-        root = Path(cfg.root)
-        if not root.is_dir():
-            raise DataError(f"data root not found: {root} (set data.root=<CSL-Daily folder> "
-                            "or make one with `python run.py data-synth --out DIR`)")
+        root = require_root(cfg.root)
         self.source = PoseSource(root, cfg.pose_dir, cfg.pack_dir)
         annotations = read_json(root / cfg.annotation_file, "annotation file")
         listed = names if names is not None else split_names(root, cfg.split_file, split)
@@ -260,6 +269,19 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
+def usable_workers(requested: int, world_size: int = 1) -> int:
+    """``requested`` DataLoader workers, capped at this process's share of the CPUs it may run on.
+
+    More workers than cores only adds processes that wait for each other (and DataLoader
+    warns about it, once per loader and rank).
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cpus // max(1, world_size))
+    if requested > share:
+        log.info("data.num_workers=%d capped at %d (%d CPUs for %d process(es))", requested, share, cpus, world_size)
+    return min(requested, share)
+
+
 def make_loader(dataset: PoseDataset, batch_size: int, train: bool, seed: int = 0, rank: int = 0,
                 world_size: int = 1, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
     """DataLoader over a dataset; training shuffles with (seed, epoch) and shards over ranks.
@@ -273,7 +295,7 @@ def make_loader(dataset: PoseDataset, batch_size: int, train: bool, seed: int = 
         sampler = ShardSampler(len(dataset), rank, world_size)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-        num_workers=num_workers, pin_memory=pin_memory, worker_init_fn=_seed_worker,
+        num_workers=usable_workers(num_workers, world_size), pin_memory=pin_memory, worker_init_fn=_seed_worker,
         # Own generator: the worker base seed must not draw on the global RNG (exact resume).
         generator=torch.Generator().manual_seed(seed),
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,6 +31,7 @@ NUM_SIGNERS = 8
 _REF = 512.0  # everything is built in a _REF x _REF frame, then scaled to the requested size
 _SPLITS = ("train", "val", "test")
 _FRAMES_DIR = "frames_512x512"
+MARKER = "synthetic.json"  # written last by write_synthetic_dataset: what the folder holds and how it was made
 _GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
 _MIN_REST = 10  # frames of rest pose at least at each end of a sequence
 _SIGNER_SEED = 0x5161
@@ -592,6 +594,7 @@ def write_synthetic_dataset(
     if not 1 <= min_frames <= max_frames:
         raise ValueError(f"need 1 <= min_frames <= max_frames, got {min_frames}, {max_frames}")
     root = Path(out)
+    previous = _previous_synthetic_files(root)
     (root / _FRAMES_DIR).mkdir(parents=True, exist_ok=True)
     annotations, splits = {}, {s: [] for s in _SPLITS}
     for i in tqdm(range(num), desc="synth", unit="seq", disable=True if num < 200 else None):
@@ -605,6 +608,42 @@ def write_synthetic_dataset(
         annotations[name] = {"text": _text(glosses), "gloss": " ".join(glosses),
                              "num_frames": num_frames, "signer": signer, "holds": frame_ranges(still)}
         splits[_split_of(i, fractions)].append(name)
-    for file, data in (("annotations.json", annotations), ("split_files.json", splits)):
+    marker = {"generator": "signstream data-synth", "num": num, "seed": seed, "min_frames": min_frames,
+              "max_frames": max_frames, "split_fractions": list(fractions),
+              "planted": "detector-like noise on purpose: jitter, low scores, lost hands, points off the frame "
+                         "and 1-3 NaN frames per sequence (NaN positions and scores)"}
+    for file, data in (("annotations.json", annotations), ("split_files.json", splits), (MARKER, marker)):
         _atomic_write(root / file, json.dumps(data, indent=1, ensure_ascii=False).encode("utf-8"))
+    # Only now that the split file no longer lists them: files of an earlier, larger set.
+    for path in previous - {root / _FRAMES_DIR / f"{name}.npy" for name in annotations}:
+        path.unlink(missing_ok=True)
     return {s: len(names) for s, names in splits.items()}
+
+
+def synthetic_marker(root: str | Path) -> dict | None:
+    """What ``write_synthetic_dataset`` recorded in ``root`` (num, seed, ...), or None if it did not write it."""
+    try:
+        return json.loads((Path(root) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _previous_synthetic_files(root: Path) -> set[Path]:
+    """The pose files of a synthetic set already in ``root`` (replaced by a new one).
+
+    A folder that holds anything else is refused: writing the synthetic set there would mix
+    it with, or delete, someone's data.
+    """
+    if not root.exists():
+        return set()
+    if not root.is_dir():
+        raise ValueError(f"{root} exists and is not a folder")
+    frames = root / _FRAMES_DIR
+    files = set(frames.glob("*.npy")) if frames.is_dir() else set()
+    ours = {"annotations.json", "split_files.json", MARKER, _FRAMES_DIR, "packed"}
+    foreign = [p.name for p in root.iterdir() if p.name not in ours and not p.name.startswith(".")]
+    foreign += [p.name for p in files if not re.fullmatch(r"synth_\d{6}\.npy", p.name)]
+    if foreign and synthetic_marker(root) is None:
+        raise ValueError(f"{root} holds files the synthetic signer did not write (e.g. {sorted(foreign)[0]}); "
+                         "choose a new or empty folder")
+    return {p for p in files if re.fullmatch(r"synth_\d{6}\.npy", p.name)}

@@ -22,7 +22,8 @@ from src.metrics.recon import chunk_linear_oracle, chunk_mean_oracle, mpjpe_sums
 from src.metrics.temporal import adjacent_chunk_changes, boundary_jump_sums, frame_motion_sums, timeline_px
 from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer
-from src.tokens.rle import chunk_token_counts, rle_encode
+from src.tokens.rle import chunk_token_counts, count_codes, count_tokens, rle_encode
+from src.tokens.select import unchanged_chunks
 from src.tokens.sequence import codes_to_streams
 from src.train.distributed import all_reduce_sum
 
@@ -92,13 +93,22 @@ class Evaluator:
         self._add_tokens(batch, out.vq.codes.cpu().numpy(), gt, mask)
 
     def _add_tokens(self, batch: Batch, codes: np.ndarray, gt: torch.Tensor, mask: torch.Tensor) -> None:
-        """Codes and RLE tokens per stream, overall and on hold chunks (motion and annotated)."""
+        """Codes and RLE tokens per stream, overall and on hold chunks (motion and annotated); with
+        ``export.rle_threshold`` > 0 also the tokens of thresholded RLE (what export-tokens writes then)."""
         cm, chunk_len = batch.chunk_mask, self.cfg.data.chunk_len
         held = {span: motion_hold_chunks(gt, mask, cm, chunk_len, self.hold_motion_px, span).cpu().numpy()
                 for span in (2, 1)}
+        threshold, max_run = self.cfg.export.rle_threshold, self.cfg.export.max_run
+        if threshold > 0:  # the model's input, as the export compares it
+            x_in, seen_in = batch.x[cm].cpu().numpy(), batch.conf[cm].cpu().numpy().astype(bool)
         start = 0
         for b, c in enumerate(cm.sum(1).tolist()):
             streams = codes_to_streams(codes[start:start + c])
+            if threshold > 0:
+                rows = slice(start, start + c)
+                unchanged = unchanged_chunks(x_in[rows], seen_in[rows], threshold, streams)
+                self._add("rle_tokens_thresholded", count_tokens(rle_encode(streams, unchanged, max_run)),
+                          count_codes(streams))
             start += c
             tokens = chunk_token_counts(rle_encode(streams, max_run=self.cfg.export.max_run))
             tokens = np.array([tokens[s] for s in kp.STREAM_NAMES]).T             # (C, S)
@@ -156,14 +166,21 @@ class Evaluator:
         return out
 
     def _tokens(self) -> dict:
-        """Codes and tokens after lossless RLE (an NC marker is one token), per chunk and per second."""
+        """Codes and tokens after lossless RLE (an NC marker is one token), per chunk and per second;
+        with ``export.rle_threshold`` > 0 also ``*_thresholded``: after RLE that also counts a chunk
+        whose pose stays within the threshold of its run's anchor as unchanged."""
         tokens, codes = self.sums["stream_tokens"].numpy()
         chunks, per_s = max(self.num_chunks, 1), self.cfg.data.fps / self.cfg.data.chunk_len
-        return {"codes_per_chunk": codes.sum() / chunks, "tokens_per_chunk_rle": tokens.sum() / chunks,
-                "rle_compression": 1 - tokens.sum() / max(codes.sum(), 1),
-                "codes_per_s": codes.sum() / chunks * per_s, "tokens_per_s_rle": tokens.sum() / chunks * per_s,
-                "tokens_per_chunk_rle_stream": dict(zip(kp.STREAM_NAMES, (tokens / chunks).tolist())),
-                "chunks_per_s": per_s}
+        out = {"codes_per_chunk": codes.sum() / chunks, "tokens_per_chunk_rle": tokens.sum() / chunks,
+               "rle_compression": 1 - tokens.sum() / max(codes.sum(), 1),
+               "codes_per_s": codes.sum() / chunks * per_s, "tokens_per_s_rle": tokens.sum() / chunks * per_s,
+               "tokens_per_chunk_rle_stream": dict(zip(kp.STREAM_NAMES, (tokens / chunks).tolist())),
+               "chunks_per_s": per_s, "rle_threshold": self.cfg.export.rle_threshold}
+        if "rle_tokens_thresholded" in self.sums:
+            held, all_codes = self.sums["rle_tokens_thresholded"][:, 0].tolist()
+            out["tokens_per_chunk_rle_thresholded"] = held / chunks
+            out["rle_compression_thresholded"] = 1 - held / max(all_codes, 1)
+        return out
 
     def _holds(self) -> dict:
         """Per stream, over hold chunks: how many, their codes, RLE tokens and the compression."""

@@ -61,7 +61,7 @@ def table(report: dict) -> str:
             ("chunk change GT p50",) + _cells({k: v["p50"] for k, v in r["temporal"]["chunk_change_gt_px"].items()})]
     health = report["codebook"]
     for level in dict.fromkeys(label for s in kp.STREAM_NAMES for label in health[s]):  # streams code different levels
-        for key, label, scale in (("usage", "usage %", 100), ("perplexity", "perplexity", 1)):
+        for key, label, scale in (("usage", "codes used %", 100), ("perplexity", "perplexity", 1)):
             rows.append((f"{label} {level}",) + tuple(
                 f"{scale * health[s][level][key]:.1f}" if level in health[s] else "-" for s in kp.STREAM_NAMES))
     width = max(len(row[0]) for row in rows)
@@ -72,19 +72,43 @@ def table(report: dict) -> str:
               + (f" (listed per split: {sizes}; skipped here: {sum(report['skipped'].values())})" if sizes else ""),
               f"huber recon (weighted) {loss['recon']:.4f}; per stream "
               + " ".join(f"{s} {loss['recon/' + s]:.4f}" for s in kp.STREAM_NAMES),
-              f"codes per chunk {tok['codes_per_chunk']:.2f}, tokens per chunk after RLE "
-              f"{tok['tokens_per_chunk_rle']:.2f} (compression {100 * tok['rle_compression']:.1f}%); "
-              f"per second {tok['codes_per_s']:.1f} codes, {tok['tokens_per_s_rle']:.1f} tokens after RLE",
-              "  tokens per chunk after RLE per stream: "
+              "codes used % = distinct codes the encoder picked on this split / codebook size (raw codes, before RLE)",
+              f"codes per chunk {tok['codes_per_chunk']:.2f}; " + token_rates(tok) + "; "
+              f"per second {tok['codes_per_s']:.1f} codes, {tok['tokens_per_s_rle']:.1f} tokens after lossless RLE",
+              "  tokens per chunk after lossless RLE per stream: "
               + " ".join(f"{s} {tok['tokens_per_chunk_rle_stream'][s]:.2f}" for s in kp.STREAM_NAMES),
               *hold_lines(r["holds"]),
               f"speed {eff['sequences_per_s']:.1f} seq/s, {eff['chunks_per_s']:.0f} chunks/s, "
               f"batch latency p50 {eff['batch_latency_ms_p50']:.1f} ms, peak memory {eff['peak_memory_mb']:.0f} MB "
               f"({eff['memory_kind']})"]
-    lines += [f"check {name}: {'PASS' if c['pass'] else 'FAIL'} "
-              + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in c.items() if k != "pass")
-              for name, c in report["checks"].items()]
-    return "\n".join(lines)
+    return "\n".join(lines + check_lines(report["checks"]))
+
+
+def token_rates(tok: dict) -> str:
+    """Tokens per chunk after RLE, each figure named by its RLE mode (full depth)."""
+    text = (f"tokens per chunk after lossless RLE {tok['tokens_per_chunk_rle']:.2f} "
+            f"({100 * tok['rle_compression']:.1f}% fewer)")
+    if "tokens_per_chunk_rle_thresholded" in tok:
+        text += (f", after RLE with threshold {tok['rle_threshold']:g} (export.rle_threshold, as export-tokens "
+                 f"writes) {tok['tokens_per_chunk_rle_thresholded']:.2f} "
+                 f"({100 * tok['rle_compression_thresholded']:.1f}% fewer)")
+    return text
+
+
+def check_lines(checks: dict) -> list[str]:
+    """One ``check <name>: PASS|FAIL <figures>`` line per check, then the tally."""
+    lines = [f"check {name}: {'PASS' if c['pass'] else 'FAIL'} "
+             + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in c.items() if k != "pass")
+             for name, c in checks.items()]
+    failed = failed_checks(checks)
+    lines.append(f"checks: {len(checks) - len(failed)} of {len(checks)} pass"
+                 + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return lines
+
+
+def failed_checks(checks: dict) -> list[str]:
+    """Names of the checks that did not pass."""
+    return [name for name, c in checks.items() if not c["pass"]]
 
 
 def hold_lines(holds: dict) -> list[str]:

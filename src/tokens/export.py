@@ -14,10 +14,11 @@ import torch
 from tqdm import tqdm
 
 from src.config import Config, ConfigError, apply_overrides, config_differences, load_config, to_dict
-from src.data.dataset import PoseDataset
+from src.data.dataset import PoseDataset, require_root
 from src.data.keypoints import STREAM_NAMES
 from src.data.source import DataError, split_names
 from src.inference import Tokenized, tokenize
+from src.metrics.codebook import code_counts
 from src.models.tokenizer import SignTokenizer
 from src.tokens.records import validate_record, write_jsonl_atomic
 from src.tokens.select import adaptive_depths, unchanged_chunks
@@ -89,8 +90,16 @@ class ExportStats:
     codes: int = 0                 # codes kept (after adaptive depth) = tokens before RLE
     tokens: int = 0                # codes + NC markers after RLE
     stream_codes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STREAM_NAMES, 0))
+    # How often each code was picked, raw (before adaptive depth and RLE): {stream: (codes per stream, K)}
+    raw_code_counts: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def add(self, counts: dict[str, int], depths: np.ndarray) -> None:
+    def add(self, counts: dict[str, int], depths: np.ndarray, codes: np.ndarray | None = None,
+            codebook_size: int = 0) -> None:
+        """Add one exported sequence; ``codes`` (C, S, codes per stream) also counts its raw codes."""
+        if codes is not None:
+            per_stream = code_counts(codes, codebook_size)
+            for s, name in enumerate(STREAM_NAMES):
+                self.raw_code_counts[name] = self.raw_code_counts.get(name, 0) + per_stream[s]
         self.exported += 1
         self.chunks += counts["chunks"]
         self.codes += counts["codes"]
@@ -210,9 +219,7 @@ def export_tokens(model: SignTokenizer, cfg: Config, split: str, num_samples: in
     record is validated against the schema before it is returned.
     """
     data_cfg = dataclasses.replace(cfg.data, max_frames=0)
-    if not Path(data_cfg.root).is_dir():
-        raise DataError(f"data root not found: {data_cfg.root} (pass --root or data.root=<CSL-Daily folder>)")
-    names = split_names(Path(data_cfg.root), data_cfg.split_file, split)
+    names = split_names(require_root(data_cfg.root), data_cfg.split_file, split)
     names = names[:num_samples] if num_samples > 0 else names
     dataset = PoseDataset(data_cfg, split, names=names, progress=progress)
     failures, stats, meta = _scan_failures(names, dataset), _new_stats(cfg, split), _meta(cfg, split, checkpoint)
@@ -228,7 +235,7 @@ def export_tokens(model: SignTokenizer, cfg: Config, split: str, num_samples: in
                     failures.append((tok.name, str(e)))
                     continue
                 records.append(record)
-                stats.add(counts, depths)
+                stats.add(counts, depths, tok.codes, cfg.model.rvq.codebook_size)
             bar.update(len(indices))
     return records, stats, failures
 

@@ -6,6 +6,7 @@ zero_grad -> log / validate / checkpoint at intervals.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import math
 import os
@@ -27,6 +28,7 @@ from src.data.stats import pose_statistics
 from src.losses import compute_losses
 from src.metrics.evaluate import autocast, evaluate
 from src.models.tokenizer import SignTokenizer
+from src.runtime import set_threads
 from src.tokens.records import write_jsonl_atomic
 from src.tokens.sequence import TokenSettings, sequence_record
 from src.train import distributed
@@ -74,6 +76,19 @@ def find_batch_size(fits: Callable[[int], None], start: int = 4, limit: int = 40
     return good
 
 
+def _no_buffer_broadcast() -> dict[str, bool]:
+    """DDP keyword that stops the per-forward broadcast of rank 0's buffers.
+
+    Codebook buffers are kept equal by the codebooks' own all-reduce, so a re-broadcast is
+    not needed. torch >= 2.13 names this ``forward_sync_buffers`` (buffers are still synced
+    once at construction, which only makes the ranks start equal) and warns on the older
+    ``broadcast_buffers``, which earlier versions need.
+    """
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
 def train_step(forward_model: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, batch, cfg: Config,
                check: Callable[[dict[str, torch.Tensor]], None] | None = None
@@ -115,6 +130,7 @@ class Trainer:
         self.cfg, self.dist = cfg, dist_info
         self.device = dist_info.device
         seed_everything(cfg.train.seed + dist_info.rank)
+        threads = set_threads(cfg.threads)
         state = self._check_resume(resume, extend_epochs) if resume else None
         cfg = self.cfg
         # Data first: a root that is missing or unusable leaves no run folder behind.
@@ -122,7 +138,8 @@ class Trainer:
         self.val_set = PoseDataset(cfg.data, "val", progress=dist_info.is_main)
         self.run_dir = self._run_dir(resume, state) if dist_info.is_main else None
         setup_logging(self.run_dir, dist_info.is_main)
-        log.info("device %s, world size %d, run folder %s", self.device, dist_info.world_size, self.run_dir)
+        log.info("device %s (%d intra-op CPU threads), world size %d, run folder %s", self.device, threads,
+                 dist_info.world_size, self.run_dir)
         try:
             self.model = SignTokenizer(cfg.model, cfg.data.chunk_len).to(self.device)
         except ValueError as e:  # a model setting the range checks cannot see (e.g. an unknown pool)
@@ -152,9 +169,8 @@ class Trainer:
             self.model.decoder.compile()
         self.forward_model = self.model
         if dist_info.enabled:
-            # Codebook buffers are kept equal by the codebooks' own all-reduce; no re-broadcast.
             ids = [dist_info.local_rank] if self.device.type == "cuda" else None
-            self.forward_model = DDP(self.model, device_ids=ids, broadcast_buffers=False)
+            self.forward_model = DDP(self.model, device_ids=ids, **_no_buffer_broadcast())
         self.writer = self._tensorboard()
 
     # -- setup helpers -----------------------------------------------------------------
@@ -303,8 +319,8 @@ class Trainer:
         chunks = 0
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.train.epochs}",
                    disable=not self.dist.is_main or None, leave=False)
-        tick = time.time()
-        for batch in bar:
+        tick = last_line = time.time()
+        for i, batch in enumerate(bar):
             lr = self.lr(self.step)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -314,22 +330,37 @@ class Trainer:
             chunks += n
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0) + v.detach().float() * n
-            if self.dist.is_main:
-                bar.set_postfix(loss=f"{losses['total'].item():.4f}")
-                if self.step % cfg.train.log_every == 0:
-                    rate = chunks * self.dist.world_size / max(time.time() - tick, 1e-9)
-                    log.info("epoch %d step %d loss %.4f recon %.4f lr %.2e grad %.2f %.0f chunks/s",
-                             self.epoch + 1, self.step, losses["total"].item(), losses["recon"].item(),
-                             lr, float(grad_norm), rate)
-                    for k in ("total", "recon", "commit", "temporal", "usage"):
-                        self.writer.add_scalar(f"train/{k}", losses[k].item(), self.step)
-                    self.writer.add_scalar("train/lr", lr, self.step)
+            if not self.dist.is_main:
+                continue
+            bar.set_postfix(loss=f"{losses['total'].item():.4f}")
+            at_step = self.step % cfg.train.log_every == 0
+            # Without a progress bar (output to a file) a long epoch still shows it is alive.
+            overdue = bar.disable and cfg.train.log_every_s > 0 and time.time() - last_line >= cfg.train.log_every_s
+            if at_step or overdue:
+                last_line = time.time()
+                rate = chunks * self.dist.world_size / max(last_line - tick, 1e-9)
+                log.info("epoch %d step %d (%d/%d) loss %.4f recon %.4f lr %.2e grad %.2f %.0f chunks/s",
+                         self.epoch + 1, self.step, i + 1, len(self.train_loader), losses["total"].item(),
+                         losses["recon"].item(), lr, float(grad_norm), rate)
+            if at_step:
+                self._log_train_scalars(losses, lr, float(grad_norm))
         keys = sorted(sums)
         flat = distributed.all_reduce_sum(torch.stack([sums[k] for k in keys] + [torch.tensor(
             float(chunks), device=self.device)]))
         means = {k: float(v / flat[-1]) for k, v in zip(keys, flat[:-1])}
         means["chunks_per_s"] = float(flat[-1]) / max(time.time() - tick, 1e-9)
         return means
+
+    def _log_train_scalars(self, losses: dict[str, torch.Tensor], lr: float, grad_norm: float) -> None:
+        """Every loss term, per stream too (``train/loss/recon/LH``), the learning rate and the gradient norm.
+
+        Losses sit under ``loss/`` so that the usage regulariser (``train/loss/usage``) cannot
+        be taken for the codebook's used fraction (``codebook/usage/<stream>/<level>``).
+        """
+        for k, v in losses.items():
+            self.writer.add_scalar(f"train/loss/{k}", v.item(), self.step)
+        self.writer.add_scalar("train/lr", lr, self.step)
+        self.writer.add_scalar("train/grad_norm", grad_norm, self.step)
 
     def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
         # Every rank takes the same decision, so no rank is left waiting in a collective.
@@ -354,7 +385,7 @@ class Trainer:
             log.info("val epoch %d: recon %.4f | mpjpe px %s", self.epoch + 1, result["loss"]["recon"],
                      " ".join(f"{k} {v:.2f}" for k, v in result["mpjpe_px"].items()))
             for k, v in result["loss"].items():
-                self.writer.add_scalar(f"val/{k}", v, self.step)
+                self.writer.add_scalar(f"val/loss/{k}", v, self.step)
             for k, v in result["mpjpe_px"].items():
                 self.writer.add_scalar(f"val/mpjpe_px/{k}", v, self.step)
         # Health comes free with the validation codes, so it is watched from the first epoch.

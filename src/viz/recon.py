@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from src.config import Config, DataConfig
-from src.data.dataset import PoseDataset
+from src.data.dataset import PoseDataset, require_root
 from src.data.keypoints import STREAM_NAMES
 from src.data.source import DataError, read_splits
 from src.inference import frame_units, tokenize, to_pixels
@@ -21,9 +21,7 @@ from src.viz.skeleton import render_comparison
 def find_sequence(data_cfg: DataConfig, name: str | None, split: str = "val") -> tuple[str, str]:
     """``(name, split)`` of a sequence listed in the split file: ``split`` is searched first,
     then the others; without a name, the first sequence of ``split``."""
-    root = Path(data_cfg.root)
-    if not root.is_dir():
-        raise DataError(f"data root not found: {root} (pass --root <CSL-Daily folder>)")
+    root = require_root(data_cfg.root)
     path = root / data_cfg.split_file
     splits = read_splits(root, data_cfg.split_file)
     if name is None:

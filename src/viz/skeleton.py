@@ -13,18 +13,19 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
 from src.data.keypoints import (
-    BODY, BODY_BONES, FACE, FACE_BONES, LEFT_HAND, LEFT_HAND_BONES, NUM_ROWS, RIGHT_HAND,
-    RIGHT_HAND_BONES, SIZE_ROW,
+    BODY, BODY_BONES, FACE, FACE_BONES, L_SHOULDER, L_WRIST, LEFT_HAND, LEFT_HAND_BONES, NOSE, NUM_ROWS,
+    R_SHOULDER, R_WRIST, RIGHT_HAND, RIGHT_HAND_BONES, SIZE_ROW,
 )
 from src.viz._figure import atomic_path, new_figure
 
 log = logging.getLogger(__name__)
 
-# 6 x 3.4 in at 80 dpi = 480 x 272 px: small GIFs, and both sides are multiples of 16, so
-# ffmpeg does not resize. A single PNG is cheap, so it gets twice the resolution.
+# 6 x 3.4 in at 160 dpi = 960 x 544 px, both sides multiples of 16, so ffmpeg does not
+# resize. At 480 x 272 a hand was ~20 px, too small to judge a handshape; now ~40-60 px, for
+# ~1.5x the render time and ~2x the GIF size. A single PNG is cheap: 1.5x that resolution.
 _FIGSIZE = (6.0, 3.4)
-_ANIM_DPI = 80
-_PNG_DPI = 160
+_ANIM_DPI = 160
+_PNG_DPI = 240
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,23 @@ _PARTS: tuple[_Part, ...] = (
     _part("left hand", LEFT_HAND, LEFT_HAND_BONES, "#f07d0a", 0.9, 1.4),
     _part("right hand", RIGHT_HAND, RIGHT_HAND_BONES, "#9b3fc4", 0.9, 1.4),
 )
+
+
+# Drawn in the body's colour besides the COCO bones. Each hand's root is the hand model's own
+# wrist, which need not sit on the body model's wrist (and in the parts view each comes from
+# its own stream): a line shows the two belong together and how far apart they are. COCO has
+# no neck point; a neck from the shoulders' midpoint to the nose keeps the head on the body.
+_WRIST_TO_HAND = np.array([(L_WRIST, LEFT_HAND.start), (R_WRIST, RIGHT_HAND.start)])
+
+
+def _joins(pose: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """``(9, 2)`` polyline (``a, b, NaN`` per segment): both wrist-to-hand-root joins and the neck."""
+    seg = np.full((3, 3, 2), np.nan)
+    seg[:2, 0], seg[:2, 1] = pose[_WRIST_TO_HAND[:, 0], :2], pose[_WRIST_TO_HAND[:, 1], :2]
+    seg[:2][~(visible[_WRIST_TO_HAND[:, 0]] & visible[_WRIST_TO_HAND[:, 1]])] = np.nan
+    if visible[[L_SHOULDER, R_SHOULDER, NOSE]].all():
+        seg[2, 0], seg[2, 1] = pose[[L_SHOULDER, R_SHOULDER], :2].mean(axis=0), pose[NOSE, :2]
+    return seg.reshape(-1, 2)
 
 
 def _visible(pose: np.ndarray, conf_thresh: float) -> np.ndarray:
@@ -93,13 +111,17 @@ class _PoseArtist:
             ax.add_line(bones)
             ax.add_line(dots)
             self.lines.append((p, bones, dots))
+        body = _PARTS[0]
+        self.joins = Line2D([], [], color=body.colour, lw=body.linewidth, solid_capstyle="round", zorder=1.9)
+        ax.add_line(self.joins)  # under the parts' lines (zorder 2)
 
     @property
     def artists(self) -> list[Line2D]:
-        return [line for _, bones, dots in self.lines for line in (bones, dots)]
+        return [self.joins] + [line for _, bones, dots in self.lines for line in (bones, dots)]
 
     def update(self, pose: np.ndarray) -> None:
         visible = _visible(pose, self.conf_thresh)
+        self.joins.set_data(*_joins(pose, visible).T)
         for p, bones, dots in self.lines:
             bones.set_data(*_bone_polyline(pose, p.bones, visible).T)
             shown = p.rows[visible[p.rows]]
@@ -182,17 +204,17 @@ def _ffmpeg_available() -> bool:
 
 
 def _resolve_output(out: Path) -> Path:
-    """The path that will really be written: ``.gif`` when there is no suffix, or for an
-    ``.mp4`` without an ffmpeg writer (with a warning)."""
+    """The path that will really be written: ``.gif`` when there is no suffix; an ``.mp4``
+    without an ffmpeg writer is a ValueError."""
     suffix = out.suffix.lower()
     if suffix == "":
         return out.with_suffix(".gif")
     if suffix not in (".gif", ".mp4", ".png"):
         raise ValueError(f"unsupported output suffix {out.suffix!r}: use .gif, .mp4 or .png")
     if suffix == ".mp4" and not _ffmpeg_available():
-        log.warning("no ffmpeg writer (pip install imageio-ffmpeg): writing %s instead of %s",
-                    out.with_suffix(".gif").name, out.name)
-        return out.with_suffix(".gif")
+        # Not a silent GIF next to it: that could replace a GIF the user meant to keep.
+        raise ValueError(f"{out}: no MP4 writer here (pip install imageio-ffmpeg), "
+                         f"or ask for a GIF: {out.with_suffix('.gif')}")
     return out
 
 
@@ -238,7 +260,19 @@ def _write_gif(frames: list[np.ndarray], path: Path, duration_ms: float) -> None
     images = [Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.NONE)
               for f in frames]
     images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
-                   duration=duration_ms, loop=0)
+                   duration=gif_durations(len(images), duration_ms), loop=0)
+
+
+def gif_durations(n: int, duration_ms: float) -> list[int]:
+    """Per-frame delays in ms for ``n`` frames of ``duration_ms`` each, as a GIF can store them.
+
+    GIF delays are whole centiseconds (Pillow truncates: 33.3 ms would become 30 ms, and the
+    animation would play 10% fast), so each frame gets 30 or 40 ms such that the time
+    elapsed after every frame is the true time rounded to 10 ms: 30, 40, 30, 30, 40, ...
+    for 30 fps, i.e. exactly 100 ms per 3 frames.
+    """
+    ends = np.round(np.arange(1, n + 1) * duration_ms / 10.0).astype(np.int64) * 10
+    return np.diff(ends, prepend=0).tolist()
 
 
 def render_comparison(original: np.ndarray, recon: np.ndarray, out: str | Path, fps: int = 30,
@@ -249,8 +283,8 @@ def render_comparison(original: np.ndarray, recon: np.ndarray, out: str | Path, 
     """Render ``original`` and ``recon`` (``[T, 134, 3]`` pixels) side by side.
 
     The suffix of ``out`` picks the output: ``.gif`` (also when there is none), ``.mp4``
-    (falls back to a ``.gif`` next to it, with a warning, when no ffmpeg writer is
-    installed), or ``.png`` = the single frame ``frame`` (default: the middle one).
+    (needs an ffmpeg writer: ``pip install imageio-ffmpeg``; a ValueError without), or
+    ``.png`` = the single frame ``frame`` (default: the middle one).
     ``max_frames`` caps an animation's length by striding over frames. Returns the path
     actually written.
     """

@@ -43,15 +43,35 @@ def timeline_path(out_dir: str | Path, video_name: str) -> Path:
     return Path(out_dir) / f"timeline_{re.sub(r'[^A-Za-z0-9._-]', '_', video_name)}.png"
 
 
+def usage_source(records: list[dict]) -> str:
+    """What codebook_usage.png counts when it decodes ``records``: raw codes, unless their RLE
+    was thresholded or levels were dropped (then the token file's codes)."""
+    metas = [r.get("meta", {}) for r in records]
+    thresholds = sorted({float(m.get("rle_threshold") or 0) for m in metas} - {0.0})
+    lossy = [f"RLE threshold {', '.join(f'{t:g}' for t in thresholds)}"] if thresholds else []
+    lossy += ["adaptive depth"] if any(m.get("adaptive_depth") for m in metas) else []
+    if not lossy:
+        return "raw codes (lossless RLE decodes to them)"
+    return f"codes in the token file ({', '.join(lossy)}; raw codes: eval-rvq)"
+
+
 def write_token_plots(records: list[dict], out_dir: str | Path, max_records: int = 5,
-                      progress: bool = True) -> list[Path]:
+                      progress: bool = True, raw_counts: dict[str, np.ndarray] | None = None) -> list[Path]:
     """Timelines of the first ``max_records`` records (0 = all) and ``codebook_usage.png``
-    over all of them; returns the paths written."""
+    over all of them; returns the paths written.
+
+    ``raw_counts`` ({stream: (levels, K)}, e.g. ``ExportStats.raw_code_counts``) are the
+    encoder's own picks, the figure eval-rvq reports; without them the records' tokens are
+    decoded and counted, and the title says which codes those are.
+    """
     if not records:
         raise ValueError("no token records to plot")
     shown = records[:max_records] if max_records > 0 else records
     paths = [plot_token_timeline(r, timeline_path(out_dir, r["video_name"]))
              for r in tqdm(shown, desc="timelines", unit="seq", disable=not progress or None)]
-    counts = record_code_counts(records)
-    title = f"codebook usage over {len(records)} sequences"
+    if raw_counts:
+        counts, source = raw_counts, "raw codes (before RLE)"
+    else:
+        counts, source = record_code_counts(records), usage_source(records)
+    title = f"codebook use over {len(records)} sequences: {source}"
     return paths + [plot_codebook_usage(counts, Path(out_dir) / "codebook_usage.png", title)]

@@ -10,6 +10,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.colors import to_rgba
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from src.tokens.rle import is_nc, rle_decode
 from src.viz._figure import new_figure, save_png
@@ -109,6 +110,7 @@ def _timeline_axes(ax: Axes, tl: _Timeline, levels: int, seconds_per_chunk: floa
     for si in range(1, len(tl.streams)):
         ax.axhline(si * levels - 0.5, color="black", lw=1.0)
     ax.set_xlabel("chunk index")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a long timeline must not get ticks at 2.5
     ax.set_ylabel("stream, residual level")
     top = ax.secondary_xaxis("top", functions=(lambda c: c * seconds_per_chunk,
                                                lambda sec: sec / seconds_per_chunk))
@@ -200,7 +202,8 @@ def plot_codebook_usage(counts: dict[str, np.ndarray], out: str | Path, title: s
         for lv in range(len(c)):
             ax = fig.add_subplot(grid[row, lv])
             _usage_panel(ax, c[lv], f"{s} L{lv}")
-            ax.set_xlabel("code rank" if row == len(arrays) - 1 else "", fontsize=7)
+            ax.set_xlabel("code rank (most used first)" if row == len(arrays) - 1 else "", fontsize=7)
+            ax.set_ylabel("times picked" if lv == 0 else "", fontsize=7)
         ax = fig.add_subplot(grid[row, levels])
         _heatmap_panel(ax, c, s)
         ax.set_xlabel("code id" if row == len(arrays) - 1 else "", fontsize=7)

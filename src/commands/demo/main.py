@@ -2,7 +2,7 @@
 train a small tokenizer, evaluate, export tokens, draw reconstructions and token pictures."""
 from __future__ import annotations
 
-from src.cli import parser, run
+from src.cli import add_threads_arg, parser, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -11,6 +11,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="configs/demo.yaml", help="YAML config of the demo run")
     p.add_argument("--num-synthetic", type=int, default=200, help="sequences in a new synthetic set")
     p.add_argument("--split", default="val", help="split to evaluate, export and draw")
+    add_threads_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
 
@@ -19,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         from src.demo import ensure_synthetic, run_demo, summary_table
 
         overrides = ([f"data.root={args.root}"] if args.root else []) + args.overrides
+        overrides += [f"threads={args.threads}"] if args.threads is not None else []
         cfg = load_config(args.config, overrides)
         if not args.root and ensure_synthetic(cfg.data.root, args.num_synthetic):
             print(f"wrote {args.num_synthetic} synthetic signer sequences to {cfg.data.root}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from src.cli import add_config_args, parser, run
+from src.cli import add_config_args, add_threads_arg, parser, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,14 +15,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fast", action="store_true",
                    help="quick run with few repeats and 200 sequences; a tiny model unless --checkpoint")
     p.add_argument("--checkpoint", help="time this checkpoint's model (else a fresh one from the config)")
+    add_threads_arg(p)
     add_config_args(p)
     args = p.parse_args(argv)
 
     def body() -> int:
         import torch
 
-        from src.bench import FAST, FAST_OVERRIDES, FULL, run_bench, table
+        from src.bench import FAST, FAST_OVERRIDES, FULL, run_bench, table, thread_advice
         from src.config import ConfigError, apply_overrides, load_config
+        from src.runtime import set_threads
         from src.train.runlog import write_json
 
         if args.device == "cuda" and not torch.cuda.is_available():
@@ -36,11 +38,18 @@ def main(argv: list[str] | None = None) -> int:
             if any(o.startswith("model.") for o in args.overrides):
                 raise ConfigError("model.* overrides do not apply with --checkpoint (its model is fixed)")
             model, cfg = load_tokenizer(args.checkpoint, device)
+            cfg.threads = 0  # the training machine's setting is not this one's
             cfg = apply_overrides(cfg, args.overrides)
         else:
             cfg = load_config(args.config, (FAST_OVERRIDES if args.fast else []) + args.overrides)
+        if args.threads is not None:
+            cfg.threads = args.threads
+        set_threads(cfg.threads)  # the "default" threads of the figures; 1 thread is measured beside
         report = run_bench(cfg, device, FAST if args.fast else FULL, model)
         print(table(report), file=sys.stderr)
+        advice = thread_advice(report)
+        if advice:
+            print(f"note: {advice}", file=sys.stderr)
         print(json.dumps(report, indent=2))
         if args.json:
             write_json(args.json, report)

@@ -4,8 +4,9 @@ the errors under controlled shifts of the input."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 
-from src.cli import parser, run
+from src.cli import add_threads_arg, apply_threads, parser, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", help="data root (default: the one the checkpoint was trained on)")
     p.add_argument("--split", default="val", help="split to evaluate")
     p.add_argument("--out", help="write the report as JSON here (with --shifts also <out>.shifts.md)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 1 when any check fails (for scripts and CI); the report is written first")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--levels", default="",
@@ -24,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "separated by commas (src/metrics/shifts.py lists them)")
     p.add_argument("--causal", choices=("checkpoint", "off", "on", "both"), default="checkpoint",
                    help="preprocessing: the checkpoint's data.causal, offline, causal, or both side by side")
+    add_threads_arg(p, from_config=False)
     args = p.parse_args(argv)
     if args.shifts and args.causal == "both":
         p.error("--shifts evaluates one preprocessing mode: use --causal off or on with it")
@@ -35,10 +39,11 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--shifts: {e}")
 
     def body() -> int:
+        apply_threads(args.threads)
         from pathlib import Path
 
         from src.inference import load_tokenizer, parse_levels
-        from src.metrics.report import evaluation_report, table
+        from src.metrics.report import evaluation_report, failed_checks, table
         from src.metrics.shifts import select, shift_markdown, shift_report
         from src.train.distributed import pick_device
         from src.train.runlog import write_json
@@ -74,6 +79,14 @@ def main(argv: list[str] | None = None) -> int:
                 with atomic_path(md) as tmp:
                     tmp.write_text(markdown)
                 print(f"shifts table: {md}")
+        # --causal both: the checks of each preprocessing mode count
+        checked = reports if len(modes) > 1 else {"": report}
+        failed = [f"{mode} {name}".strip() for mode, rep in checked.items() for name in failed_checks(rep["checks"])]
+        if args.strict and failed:
+            total = sum(len(rep["checks"]) for rep in checked.values())
+            print(f"error: {len(failed)} of {total} checks failed ({', '.join(failed)}); exit status 1 (--strict)",
+                  file=sys.stderr)
+            return 1
         return 0
 
     return run(body)

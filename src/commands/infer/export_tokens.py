@@ -6,7 +6,7 @@ import dataclasses
 import sys
 import tempfile
 
-from src.cli import parser, run
+from src.cli import add_threads_arg, apply_threads, parser, run
 
 EPILOG = """The model and its data processing come from the checkpoint. --config and key=value
 overrides may change only export.* (enable_rle, rle_threshold, max_run, max_chunks,
@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also write <out stem>.vocab.json (sign-token vocabulary) and <out stem>.llm.jsonl")
     p.add_argument("--batch-size", type=int, default=16, metavar="B", help="sequences per forward pass")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_threads_arg(p, from_config=False)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="export.* or data location overrides, e.g. export.rle_threshold=0.2")
     args = p.parse_args(argv)
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--num-samples must be >= 0 and --batch-size >= 1")
 
     def body() -> int:
+        apply_threads(args.threads)
         from src.config import ConfigError
         from src.inference import load_tokenizer
         from src.tokens.export import export_config, export_tokens, summary_lines, token_settings, write_llm_files

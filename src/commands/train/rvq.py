@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from src.cli import add_config_args, config_from_args, parser, run
+from src.cli import add_config_args, add_threads_arg, config_from_args, parser, run
 
 
 def main(argv: list[str] | None = None, distributed: bool = False) -> int:
@@ -16,6 +16,8 @@ def main(argv: list[str] | None = None, distributed: bool = False) -> int:
                    help="with --checkpoint: train N epochs past it, the learning rate going from its value "
                         "there down to the floor on a cosine (a finished run stays at the floor); "
                         "train.epochs becomes the checkpoint's epoch + N")
+    p.add_argument("--root", help="data root in the CSL-Daily layout (replaces data.root)")
+    add_threads_arg(p)
     args = p.parse_args(argv)
     if args.extend_epochs < 0 or (args.extend_epochs and not args.checkpoint):
         p.error("--extend-epochs N needs N >= 1 and --checkpoint (the run to extend)")

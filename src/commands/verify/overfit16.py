@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import tempfile
 
-from src.cli import parser, run
+from src.cli import add_threads_arg, parser, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", help="CSL-Daily-layout folder (default: a fresh synthetic signer set)")
     p.add_argument("--config", default="configs/overfit16.yaml", help="YAML config of the overfit run")
     p.add_argument("--num", type=int, default=16, help="number of training sequences")
+    add_threads_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
 
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
                 root = f"{tmp}/synthetic"
                 # Lengths like the real sample's (median ~100 frames) keep the check under 3 minutes.
                 write_synthetic_dataset(root, num=2 * args.num, seed=0, min_frames=60, max_frames=150)
-            cfg = load_config(args.config, [f"data.root={root}", f"save_path={tmp}/runs", *args.overrides])
+            threads = [f"threads={args.threads}"] if args.threads is not None else []
+            cfg = load_config(args.config, [f"data.root={root}", f"save_path={tmp}/runs", *args.overrides, *threads])
             result = overfit_check(cfg, args.num)
         result.pop("run_dir")
         print(json.dumps(result))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from src.cli import parser, run
+from src.cli import add_threads_arg, apply_threads, parser, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,11 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pose-out", default=None, metavar="FILE.pose",
                    help="also write the reconstruction as a .pose file (COCO-WholeBody 133 header; pip install pose-format)")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
+    add_threads_arg(p, from_config=False)
     args = p.parse_args(argv)
     if args.max_frames is not None and args.max_frames < 1:
         p.error("--max-frames must be >= 1")
 
     def body() -> int:
+        apply_threads(args.threads)
         from src.inference import load_tokenizer
         from src.viz.recon import reconstruct, render_recon
 

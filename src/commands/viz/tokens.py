@@ -2,7 +2,7 @@
 JSONL file or straight from a checkpoint."""
 from __future__ import annotations
 
-from src.cli import parser, run
+from src.cli import add_threads_arg, apply_threads, parser, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-samples", type=int, default=5, metavar="N",
                    help="with --checkpoint: first N sequences; 0 = all")
     p.add_argument("--device", default="cpu", help="with --checkpoint: cpu | cuda")
+    add_threads_arg(p, from_config=False)  # with --checkpoint
     args = p.parse_args(argv)
     if args.max_records < 0 or args.num_samples < 0:
         p.error("--max-records and --num-samples must be >= 0")
@@ -25,9 +26,9 @@ def main(argv: list[str] | None = None) -> int:
         from src.data.source import DataError
         from src.viz.token_report import write_token_plots
 
-        records = _from_file(args.tokens) if args.tokens else _from_checkpoint(args)
+        records, raw_counts = (_from_file(args.tokens), None) if args.tokens else _from_checkpoint(args)
         try:
-            paths = write_token_plots(records, args.out, args.max_records)
+            paths = write_token_plots(records, args.out, args.max_records, raw_counts=raw_counts)
         except ValueError as e:
             raise DataError(f"{args.tokens or args.checkpoint}: {e}") from None
         for path in paths:
@@ -49,13 +50,15 @@ def _from_file(path: str) -> list[dict]:
         raise DataError(str(e)) from None
 
 
-def _from_checkpoint(args) -> list[dict]:
+def _from_checkpoint(args) -> tuple[list[dict], dict]:
+    """Records of the first sequences of ``--split``, and their raw code counts per stream."""
     from src.inference import load_tokenizer
     from src.tokens.export import export_config, export_tokens, summary_lines
 
+    apply_threads(args.threads)
     model, cfg = load_tokenizer(args.checkpoint, args.device)
     cfg = export_config(cfg, root=args.root)
     records, stats, failures = export_tokens(model, cfg, args.split, args.num_samples, args.checkpoint, args.device)
     for line in summary_lines(stats, failures):
         print(line)
-    return records
+    return records, stats.raw_code_counts
