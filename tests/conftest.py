@@ -38,7 +38,8 @@ def synth_root(tmp_path_factory) -> Path:
 def real_root(tmp_path_factory) -> Path:
     """A temporary copy of the real pose sample (never inside the repository); skipped when absent."""
     if not REAL_SAMPLE.is_dir():
-        pytest.skip("real pose sample not available (set SIGNSTREAM_REAL_SAMPLE to its folder)")
+        pytest.skip(f"real pose sample not found at {REAL_SAMPLE}; set SIGNSTREAM_REAL_SAMPLE=<its folder> "
+                    "to run this test")
     dst = tmp_path_factory.mktemp("real") / "real_pose_sample"
     shutil.copytree(REAL_SAMPLE, dst)
     return dst

@@ -68,6 +68,7 @@ def create_run_dir(cfg: Config) -> Path:
 def write_json(path: str | Path, data: Any) -> None:
     """Atomic JSON write (temp file, then rename); a failure leaves no temp file and names ``path``."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(json.dumps(data, indent=2, default=float))

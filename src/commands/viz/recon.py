@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=None, help="video name (searched in every split); default: first of --split")
     p.add_argument("--root", default=None, help="data root in the CSL-Daily layout (replaces data.root)")
     p.add_argument("--split", default="val", help="split searched first, and the one --name defaults from")
-    p.add_argument("--out", default="recon.gif", help=".gif, .mp4 (GIF when no ffmpeg writer) or .png")
+    p.add_argument("--out", default="outputs/recon.gif", help=".gif, .mp4 (needs pip install imageio-ffmpeg) or .png")
     p.add_argument("--frame", type=int, default=None, help="render only this frame, as a PNG")
     p.add_argument("--stream", choices=("parts", "FB"), default="parts",
                    help="parts: body, face and hands from their own streams; FB: all from the full body")
