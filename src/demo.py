@@ -8,7 +8,7 @@ from pathlib import Path
 
 from src.config import Config
 from src.data.keypoints import STREAM_NAMES
-from src.data.source import read_json
+from src.data.source import DataError, read_json
 from src.data.synth import synthetic_marker, write_synthetic_dataset
 from src.inference import load_tokenizer
 from src.metrics.codebook import first_level_min
@@ -50,7 +50,10 @@ def ensure_synthetic(root: str | Path, num: int, seed: int = 0) -> bool:
         listed = sum(len(v) for v in read_json(root / "split_files.json", "split file").values())
         if listed == num:
             return False
-    write_synthetic_dataset(root, num=num, seed=seed)
+    try:
+        write_synthetic_dataset(root, num=num, seed=seed)
+    except ValueError as e:  # a folder of someone's data: not overwritten
+        raise DataError(f"{e}; to train on it instead, pass --root {root}") from None
     return True
 
 

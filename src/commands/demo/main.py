@@ -2,26 +2,23 @@
 train a small tokenizer, evaluate, export tokens, draw reconstructions and token pictures."""
 from __future__ import annotations
 
-from src.cli import add_threads_arg, parser, run
+from src.cli import add_threads_arg, config_from_args, parser, run
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("demo", __doc__.split(":", 1)[1].strip())
     p.add_argument("--root", help="CSL-Daily-layout folder (default: the synthetic signer, made if missing)")
     p.add_argument("--config", default="configs/demo.yaml", help="YAML config of the demo run")
-    p.add_argument("--num-synthetic", type=int, default=200, help="sequences in a new synthetic set")
+    p.add_argument("--num-synthetic", type=int, default=200, help="sequences of the synthetic set (remade when the one there differs)")
     p.add_argument("--split", default="val", help="split to evaluate, export and draw")
     add_threads_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
 
     def body() -> int:
-        from src.config import load_config
         from src.demo import ensure_synthetic, run_demo, summary_table
 
-        overrides = ([f"data.root={args.root}"] if args.root else []) + args.overrides
-        overrides += [f"threads={args.threads}"] if args.threads is not None else []
-        cfg = load_config(args.config, overrides)
+        cfg = config_from_args(args)
         if not args.root and ensure_synthetic(cfg.data.root, args.num_synthetic):
             print(f"wrote {args.num_synthetic} synthetic signer sequences to {cfg.data.root}")
         print(summary_table(run_demo(cfg, args.split)))
