@@ -98,8 +98,9 @@ class ExportStats:
         """Add one exported sequence; ``codes`` (C, S, codes per stream) also counts its raw codes."""
         if codes is not None:
             per_stream = code_counts(codes, codebook_size)
+            coded = (codes >= 0).any(axis=0).sum(axis=-1)  # (S,) levels each stream codes (-1: not coded)
             for s, name in enumerate(STREAM_NAMES):
-                self.raw_code_counts[name] = self.raw_code_counts.get(name, 0) + per_stream[s]
+                self.raw_code_counts[name] = self.raw_code_counts.get(name, 0) + per_stream[s, :coded[s]]
         self.exported += 1
         self.chunks += counts["chunks"]
         self.codes += counts["codes"]
