@@ -8,7 +8,7 @@ from pathlib import Path
 
 from src.config import Config
 from src.data.keypoints import STREAM_NAMES
-from src.data.source import DataError, read_json
+from src.data.source import read_json
 from src.data.synth import synthetic_marker, write_synthetic_dataset
 from src.inference import load_tokenizer
 from src.metrics.codebook import first_level_min
@@ -49,10 +49,7 @@ def ensure_synthetic(root: str | Path, num: int, seed: int = 0) -> bool:
         listed = sum(len(v) for v in read_json(root / "split_files.json", "split file").values())
         if listed == num:
             return False
-    try:
-        write_synthetic_dataset(root, num=num, seed=seed)
-    except ValueError as e:  # a folder of someone's data: not overwritten
-        raise DataError(f"{e}; to train on it instead, pass --root {root}") from None
+    write_synthetic_dataset(root, num=num, seed=seed)  # a folder of someone's data: a DataError
     return True
 
 

@@ -12,6 +12,7 @@ from src.data.keypoints import (
     NUM_ROWS, R_ELBOW, R_SHOULDER, R_WRIST, RIGHT_EYELID, RIGHT_HAND, RIGHT_HAND_BONES, SHOULDER_WIDTH,
     UNIT_FALLBACKS,
 )
+from src.data.source import DataError
 from src.data.synth import NUM_SIGNERS, synth_sequence, synthetic_marker, write_synthetic_dataset
 
 LEGS = list(range(14, 18)) + list(FEET)
@@ -243,7 +244,7 @@ def test_rewriting_a_synthetic_folder_replaces_stale_files(tmp_path):
 def test_a_folder_with_other_data_is_refused(tmp_path):
     (tmp_path / "frames_512x512").mkdir()
     (tmp_path / "frames_512x512" / "video_01.npy").write_bytes(b"someone's data")
-    with pytest.raises(ValueError, match="video_01.npy"):
+    with pytest.raises(DataError, match="video_01.npy"):
         write_synthetic_dataset(tmp_path, 10, min_frames=20, max_frames=30)
     assert (tmp_path / "frames_512x512" / "video_01.npy").read_bytes() == b"someone's data"
 

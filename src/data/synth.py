@@ -25,6 +25,7 @@ from src.data.keypoints import (
     FACE, L_ELBOW, L_HIP, L_SHOULDER, L_WRIST, LEFT_HAND, MIRROR_PERM, NOSE, NUM_ROWS,
     R_ELBOW, R_HIP, R_SHOULDER, R_WRIST, RIGHT_HAND, SIZE_ROW,
 )
+from src.data.source import DataError
 
 FPS = 30
 NUM_SIGNERS = 8
@@ -631,19 +632,17 @@ def synthetic_marker(root: str | Path) -> dict | None:
 def _previous_synthetic_files(root: Path) -> set[Path]:
     """The pose files of a synthetic set already in ``root`` (replaced by a new one).
 
-    A folder that holds anything else is refused: writing the synthetic set there would mix
-    it with, or delete, someone's data.
+    A folder that holds anything else is refused with a DataError: writing the synthetic set
+    there would mix it with, or delete, someone's data.
     """
-    if not root.exists():
-        return set()
     if not root.is_dir():
-        raise ValueError(f"{root} exists and is not a folder")
+        return set()  # nothing there yet (or a file in the way, which the mkdir reports)
     frames = root / _FRAMES_DIR
     files = set(frames.glob("*.npy")) if frames.is_dir() else set()
     ours = {"annotations.json", "split_files.json", MARKER, _FRAMES_DIR, "packed"}
     foreign = [p.name for p in root.iterdir() if p.name not in ours and not p.name.startswith(".")]
     foreign += [p.name for p in files if not re.fullmatch(r"synth_\d{6}\.npy", p.name)]
     if foreign and synthetic_marker(root) is None:
-        raise ValueError(f"{root} holds files the synthetic signer did not write (e.g. {sorted(foreign)[0]}); "
-                         "choose a new or empty folder")
+        raise DataError(f"{root} holds files the synthetic signer did not write (e.g. {sorted(foreign)[0]}), "
+                        "so it is left alone (fix: write the synthetic set to a new or empty folder)")
     return {p for p in files if re.fullmatch(r"synth_\d{6}\.npy", p.name)}
