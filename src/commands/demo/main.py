@@ -19,8 +19,10 @@ def main(argv: list[str] | None = None) -> int:
         from src.demo import ensure_synthetic, run_demo, summary_table
 
         cfg = config_from_args(args)
-        if not args.root and ensure_synthetic(cfg.data.root, args.num_synthetic):
-            print(f"wrote {args.num_synthetic} synthetic signer sequences to {cfg.data.root}")
+        if not args.root:
+            made = ensure_synthetic(cfg.data.root, args.num_synthetic)
+            print(f"{'wrote' if made else 'using the'} {args.num_synthetic} synthetic signer sequences "
+                  f"{'to' if made else 'in'} {cfg.data.root}")
         print(summary_table(run_demo(cfg, args.split)))
         return 0
 
