@@ -3,7 +3,7 @@ and write a table (rd.md), the figures (rd.json) and a plot of MPJPE per stream 
 tokens per second after RLE, with the chunk oracles as lines (rd.png)."""
 from __future__ import annotations
 
-from src.cli import parser, run
+from src.cli import add_threads_arg, apply_threads, parser, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,11 +15,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for rd.json, rd.md and rd.png")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_threads_arg(p, from_config=False)
     args = p.parse_args(argv)
     if args.labels and len(args.labels) != len(args.checkpoints):
         p.error(f"--labels: {len(args.labels)} labels for {len(args.checkpoints)} checkpoints")
 
     def body() -> int:
+        apply_threads(args.threads)
         from pathlib import Path
 
         from src.metrics.rd import rd_markdown, rd_report
