@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dims", nargs="+", default=["8", "16", "32", "64"], help="numbers of components")
     cli.add_threads_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides (anywhere)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides before, between or after the options
     # --dims takes every word after it, so key=value items written after it land there too.
     args.overrides += [d for d in args.dims if "=" in d]
     try:

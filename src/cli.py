@@ -18,10 +18,17 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return action.help if action.default is None else super()._get_help_string(action)
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """``key=value`` overrides may come before, between or after the options
+    (plain parsing stops taking them at the first option that follows)."""
+
+    def parse_args(self, args=None, namespace=None):  # noqa: D102 (argparse's signature)
+        return self.parse_intermixed_args(args, namespace)
+
+
 def parser(name: str, description: str) -> argparse.ArgumentParser:
-    """An ArgumentParser whose usage line reads ``run.py <name>``."""
-    return argparse.ArgumentParser(prog=f"run.py {name}", description=description,
-                                   formatter_class=_DefaultsFormatter)
+    """An ArgumentParser whose usage line reads ``run.py <name>``; overrides may sit anywhere."""
+    return _IntermixedParser(prog=f"run.py {name}", description=description, formatter_class=_DefaultsFormatter)
 
 
 def add_config_args(p: argparse.ArgumentParser, default: str | None = "configs/default.yaml") -> None:

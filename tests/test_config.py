@@ -203,8 +203,6 @@ def test_configs_are_found_from_any_folder(tmp_path, monkeypatch):
 
 
 def test_threads_setting_and_flag(monkeypatch):
-    import argparse
-
     import torch
 
     from src import cli
@@ -218,11 +216,14 @@ def test_threads_setting_and_flag(monkeypatch):
             set_threads(-1)
     finally:
         torch.set_num_threads(before)
-    p = argparse.ArgumentParser()
+    p = cli.parser("x", "a command with a config")
     cli.add_config_args(p)
     cli.add_threads_arg(p)
     p.add_argument("--root")
-    args = p.parse_args(["--config", "configs/tiny.yaml", "threads=3", "--threads", "2", "--root", "R"])
+    # overrides before, between and after the options
+    args = p.parse_args(["--config", "configs/tiny.yaml", "threads=3", "--threads", "2", "train.epochs=5",
+                         "--root", "R", "train.lr=0.5"])
     cfg = cli.config_from_args(args)
     assert cfg.threads == 2 and cfg.data.root == "R"  # the flags win over the overrides
+    assert (cfg.train.epochs, cfg.train.lr) == (5, 0.5)
     assert load_config(CONFIGS / "tiny.yaml").threads == 0

@@ -26,3 +26,10 @@ def test_error_falls_with_rank_and_vanishes_at_the_data_rank():
         errors = [result[k][name] for k in (1, 4, n - 1)]
         assert errors[0] > errors[1] > 1.0, name
         assert errors[2] < 1e-4, name
+
+
+def test_overrides_may_follow_the_dims(tmp_path, capsys):
+    """`--dims 8 16 data.root=X` reads X as an override (it used to fail as a dimension)."""
+    missing = tmp_path / "nowhere"
+    assert pca_reference.main(["--dims", "8", "16", f"data.root={missing}", "--threads", "1"]) == 2
+    assert f"data root not found: {missing}" in capsys.readouterr().err
