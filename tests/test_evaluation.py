@@ -289,3 +289,18 @@ def test_eval_rvq_shifts_option(tiny_checkpoint, tmp_path, capsys):
     assert "tokens after RLE" in printed and "hold chunks (" in printed and "static chunks (" in printed
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(tiny_checkpoint), "--shifts", "nope"])
+
+
+def test_thresholded_rle_on_holds_counts_what_export_writes(tiny, report):
+    """With export.rle_threshold the hold figures also count thresholded RLE: never more
+    tokens than lossless RLE, and a huge threshold leaves one token per run."""
+    model, cfg = tiny
+    loose = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, rle_threshold=1e9))
+    result = evaluation_report(model, loose, "train", CPU, progress=False)["result"]
+    held, lossless = result["holds"], report["result"]["holds"]
+    for kind in ("motion", "motion_static"):
+        for s, v in held[f"{kind}_thresholded"].items():
+            assert v["chunks"] == lossless[kind][s]["chunks"]
+            assert v["tokens_rle"] <= lossless[kind][s]["tokens_rle"]
+    assert "motion_thresholded" not in lossless
+    assert result["tokens"]["tokens_per_chunk_rle_thresholded"] < result["tokens"]["tokens_per_chunk_rle"]

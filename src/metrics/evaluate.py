@@ -104,15 +104,17 @@ class Evaluator:
         start = 0
         for b, c in enumerate(cm.sum(1).tolist()):
             streams = codes_to_streams(codes[start:start + c])
+            n_codes = np.array([[len(v) for v in streams[s]] for s in kp.STREAM_NAMES]).T
             if threshold > 0:
                 rows = slice(start, start + c)
-                unchanged = unchanged_chunks(x_in[rows], seen_in[rows], threshold, streams)
-                self._add("rle_tokens_thresholded", count_tokens(rle_encode(streams, unchanged, max_run)),
-                          count_codes(streams))
+                entries = rle_encode(streams, unchanged_chunks(x_in[rows], seen_in[rows], threshold, streams),
+                                     max_run)
+                self._add("rle_tokens_thresholded", count_tokens(entries), count_codes(streams))
+                held_tokens = _per_chunk(chunk_token_counts(entries))
+                self._add_holds("motion_thresholded", held_tokens, n_codes, held[2][b, :c])
+                self._add_holds("motion_static_thresholded", held_tokens, n_codes, held[1][b, :c])
             start += c
-            tokens = chunk_token_counts(rle_encode(streams, max_run=self.cfg.export.max_run))
-            tokens = np.array([tokens[s] for s in kp.STREAM_NAMES]).T             # (C, S)
-            n_codes = np.array([[len(v) for v in streams[s]] for s in kp.STREAM_NAMES]).T
+            tokens = _per_chunk(chunk_token_counts(rle_encode(streams, max_run=max_run)))
             self._add("stream_tokens", tokens.sum(0), n_codes.sum(0))
             self._add_holds("motion", tokens, n_codes, held[2][b, :c])
             self._add_holds("motion_static", tokens, n_codes, held[1][b, :c])
@@ -185,7 +187,8 @@ class Evaluator:
     def _holds(self) -> dict:
         """Per stream, over hold chunks: how many, their codes, RLE tokens and the compression."""
         out = {"motion_px_per_frame": self.hold_motion_px}
-        for kind in ("motion", "motion_static", "annotated", "annotated_static"):
+        for kind in ("motion", "motion_static", "annotated", "annotated_static",
+                     "motion_thresholded", "motion_static_thresholded"):
             if f"hold_{kind}_tokens" not in self.sums:
                 continue
             (tokens, codes), (chunks, _) = self.sums[f"hold_{kind}_tokens"].numpy(), \
@@ -226,6 +229,11 @@ class Evaluator:
                 label = code_label(j, self.cfg.model.rvq.splits)
                 health[name][label] = usage_stats(self.counts[s, j], unused, dead_after)
         return health
+
+
+def _per_chunk(tokens: dict[str, list[int]]) -> np.ndarray:
+    """Per-stream token counts per chunk -> (C, S)."""
+    return np.array([tokens[s] for s in kp.STREAM_NAMES]).T
 
 
 def _spread(values: np.ndarray) -> dict[str, float]:

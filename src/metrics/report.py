@@ -116,13 +116,15 @@ def hold_lines(holds: dict) -> list[str]:
     still = {"motion": f"GT motion < {holds['motion_px_per_frame']:g} px/frame",
              "annotated": "still frames from the annotations"}
     chunks = {"": "hold chunks (still with the chunk before)", "_static": "static chunks (still on their own)"}
+    rle = {"": "lossless RLE", "_thresholded": "thresholded RLE (export.rle_threshold)"}
     lines = []
     for kind, how in still.items():
         for suffix, which in chunks.items():
-            if kind + suffix in holds:
-                cells = [f"{s} {100 * v['compression']:.1f}% of {v['chunks']}" if v["chunks"] else f"{s} -"
-                         for s, v in holds[kind + suffix].items()]
-                lines.append(f"{which}, {how}: fewer tokens after RLE per stream: " + ", ".join(cells))
+            for tail, coding in rle.items():
+                if kind + suffix + tail in holds:
+                    cells = [f"{s} {100 * v['compression']:.1f}% of {v['chunks']}" if v["chunks"] else f"{s} -"
+                             for s, v in holds[kind + suffix + tail].items()]
+                    lines.append(f"{which}, {how}: fewer tokens after {coding} per stream: " + ", ".join(cells))
     return lines
 
 

@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--levels", default="",
                    help="code fewer residual levels than trained, e.g. F=1,LH=1 (a lower rate from the same weights)")
+    p.add_argument("--rle-threshold", type=float,
+                   help="also count tokens after thresholded RLE, as export.rle_threshold (eyelid units)")
     p.add_argument("--hold-motion-px", type=float, default=0.5,
                    help="a chunk is a hold where the ground truth moves less than this, px per frame")
     p.add_argument("--shifts", help="also evaluate controlled shifts of the input: all, or names "
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         model, cfg = load_tokenizer(args.checkpoint, device, levels)
         if args.root:
             cfg.data.root = args.root
+        if args.rle_threshold is not None:
+            cfg.export = dataclasses.replace(cfg.export, rle_threshold=args.rle_threshold)
         modes = {"checkpoint": [cfg.data.causal], "off": [False], "on": [True], "both": [False, True]}[args.causal]
         reports = {}
         for causal in modes:
