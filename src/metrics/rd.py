@@ -53,25 +53,28 @@ def rd_markdown(rows: list[dict], split: str, root: str) -> str:
 
 
 def rd_plot(rows: list[dict], out: str | Path, title: str = "") -> Path:
-    """One panel per stream: MPJPE px against tokens per second (log scale), oracle lines."""
+    """One panel per stream: MPJPE px against tokens per second (log scale), oracle lines.
+
+    Rows of one checkpoint file (``ckpt.pt`` and ``ckpt.pt@F=1,...``) are one model at
+    several rates: one colour, joined by a line; points of different models are not joined.
+    """
     from matplotlib.ticker import ScalarFormatter
 
     from src.viz._figure import new_figure, save_png
 
     fig = new_figure(15, 8.5, 100)
     axes = fig.subplots(2, 3).ravel()
-    rows = sorted(rows, key=lambda r: r["tokens_per_s_rle"])
+    models: dict[str, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: r["tokens_per_s_rle"]):
+        models.setdefault(row["checkpoint"].partition("@")[0], []).append(row)
+    colours = [f"C{i % 10}" for i in range(len(models))]
     rates = np.array([r["tokens_per_s_rle"] for r in rows])
     for ax, stream in zip(axes, kp.STREAM_NAMES):
-        errors = np.array([r["mpjpe_px"][stream] for r in rows])
         ax.axvspan(*SPEC_TOKENS_PER_S, color="tab:green", alpha=0.12, label="specification rate (12-24 tokens/s)")
-        ax.plot(rates, errors, "-", color="tab:blue", alpha=0.4)
-        ax.plot(rates, errors, "o", color="tab:blue", label="checkpoint (after RLE)")
-        middle = np.sqrt(rates.min() * rates.max())
-        for rate, error, row in zip(rates, errors, rows):
-            right = len(rows) > 1 and rate > middle  # labels of the right half go left: they stay inside
-            ax.annotate(row["label"], (rate, error), textcoords="offset points", xytext=(-4 if right else 4, 4),
-                        ha="right" if right else "left", fontsize=7)
+        for colour, model_rows in zip(colours, models.values()):
+            x = [r["tokens_per_s_rle"] for r in model_rows]
+            y = [r["mpjpe_px"][stream] for r in model_rows]
+            ax.plot(x, y, "o-", color=colour, alpha=0.8, label=" / ".join(r["label"] for r in model_rows))
         ax.axhline(rows[0]["oracle_chunk_mean_px"][stream], color="tab:red", ls="--", label="oracle: exact chunk mean")
         ax.axhline(rows[0]["oracle_chunk_linear_px"][stream], color="tab:orange", ls=":",
                    label="oracle: exact chunk line")
@@ -81,14 +84,15 @@ def rd_plot(rows: list[dict], out: str | Path, title: str = "") -> Path:
         ax.set_xticks([t for t in _TICKS if low <= t <= high], minor=False)
         ax.set_xticks([], minor=True)
         ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.set_ylim(0, 1.15 * max(errors.max(), rows[0]["oracle_chunk_mean_px"][stream]))
+        errors = max(r["mpjpe_px"][stream] for r in rows)
+        ax.set_ylim(0, 1.15 * max(errors, rows[0]["oracle_chunk_mean_px"][stream]))
         ax.set_title(f"stream {stream}")
         ax.set_xlabel("tokens per second after RLE (log)")
         ax.set_ylabel("MPJPE px")
         ax.grid(alpha=0.3, which="both")
     handles, labels = axes[0].get_legend_handles_labels()
     axes[-1].axis("off")
-    axes[-1].legend(handles, labels, loc="center", fontsize=10)
+    axes[-1].legend(handles, labels, loc="center", fontsize=9)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
