@@ -105,24 +105,24 @@ class Evaluator:
         for b, c in enumerate(cm.sum(1).tolist()):
             streams = codes_to_streams(codes[start:start + c])
             n_codes = np.array([[len(v) for v in streams[s]] for s in kp.STREAM_NAMES]).T
+            tokens = _per_chunk(chunk_token_counts(rle_encode(streams, max_run=max_run)))
+            self._add("stream_tokens", tokens.sum(0), n_codes.sum(0))
+            codings = {"": tokens}
             if threshold > 0:
                 rows = slice(start, start + c)
                 entries = rle_encode(streams, unchanged_chunks(x_in[rows], seen_in[rows], threshold, streams),
                                      max_run)
                 self._add("rle_tokens_thresholded", count_tokens(entries), count_codes(streams))
-                held_tokens = _per_chunk(chunk_token_counts(entries))
-                self._add_holds("motion_thresholded", held_tokens, n_codes, held[2][b, :c])
-                self._add_holds("motion_static_thresholded", held_tokens, n_codes, held[1][b, :c])
+                codings["_thresholded"] = _per_chunk(chunk_token_counts(entries))
             start += c
-            tokens = _per_chunk(chunk_token_counts(rle_encode(streams, max_run=max_run)))
-            self._add("stream_tokens", tokens.sum(0), n_codes.sum(0))
-            self._add_holds("motion", tokens, n_codes, held[2][b, :c])
-            self._add_holds("motion_static", tokens, n_codes, held[1][b, :c])
             frames = self.holds.get(batch.names[b])
-            if frames is not None:
-                for span, kind in ((2, "annotated"), (1, "annotated_static")):
-                    known = annotated_hold_chunks(frames, int(batch.num_frames[b]), c, chunk_len, span)
-                    self._add_holds(kind, tokens, n_codes, np.repeat(known[:, None], S, 1))
+            for tail, coded in codings.items():
+                self._add_holds("motion" + tail, coded, n_codes, held[2][b, :c])
+                self._add_holds("motion_static" + tail, coded, n_codes, held[1][b, :c])
+                if frames is not None:
+                    for span, kind in ((2, "annotated"), (1, "annotated_static")):
+                        known = annotated_hold_chunks(frames, int(batch.num_frames[b]), c, chunk_len, span)
+                        self._add_holds(kind + tail, coded, n_codes, np.repeat(known[:, None], S, 1))
 
     def _add_holds(self, kind: str, tokens: np.ndarray, codes: np.ndarray, held: np.ndarray) -> None:
         tokens_held, codes_held, chunks_held = hold_token_sums(tokens, codes, held)
@@ -187,8 +187,8 @@ class Evaluator:
     def _holds(self) -> dict:
         """Per stream, over hold chunks: how many, their codes, RLE tokens and the compression."""
         out = {"motion_px_per_frame": self.hold_motion_px}
-        for kind in ("motion", "motion_static", "annotated", "annotated_static",
-                     "motion_thresholded", "motion_static_thresholded"):
+        for kind in (base + tail for tail in ("", "_thresholded")
+                     for base in ("motion", "motion_static", "annotated", "annotated_static")):
             if f"hold_{kind}_tokens" not in self.sums:
                 continue
             (tokens, codes), (chunks, _) = self.sums[f"hold_{kind}_tokens"].numpy(), \
