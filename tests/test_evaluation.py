@@ -286,7 +286,7 @@ def test_eval_rvq_shifts_option(tiny_checkpoint, tmp_path, capsys):
     assert list(report["shifts"]["shifts"]) == ["legs_absent", "face_gaps"]
     assert "| legs_absent |" in (tmp_path / "report.shifts.md").read_text()
     printed = capsys.readouterr().out
-    assert "tokens after RLE" in printed and "hold chunks (" in printed and "static chunks (" in printed
+    assert "tokens after lossless RLE" in printed and "hold chunks (" in printed and "static chunks (" in printed
     with pytest.raises(SystemExit):
         main(["--checkpoint", str(tiny_checkpoint), "--shifts", "nope"])
 
