@@ -9,7 +9,7 @@ import pytest
 
 from src.data.keypoints import STREAM_NAMES
 from src.metrics import prefix_lm as pl
-from src.tokens import SEP, rle_encode, template_to_entries
+from src.tokens import SEP, rle_decode, rle_encode, template_to_entries
 from src.tokens.llm import IGNORE, SignVocab, build_example, pad_batch, prefix_tokens, require_hf
 from src.tokens.template import CHUNK, build_vocabulary, entries_to_template
 
@@ -144,6 +144,13 @@ def test_error_rate_and_controls() -> None:
     assert all(sorted(s.tokens) == sorted(i.tokens) for s, i in zip(shuffled, items))
 
 
+def test_first_codes_keeps_the_coarse_levels() -> None:
+    entries = random_entries(1)
+    coarse = pl.first_codes(entries, 1)
+    assert rle_decode(coarse) == {s: [c[:1] for c in chunks] for s, chunks in rle_decode(entries).items()}
+    assert len(prefix_tokens(coarse, VOCAB)) < len(prefix_tokens(entries, VOCAB))
+
+
 def test_proxy_learns_an_easy_mapping_and_the_wrong_video_does_not() -> None:
     """Each video's first code names its word: a tiny LM reads it in a few steps; another
     video's tokens leave it at chance."""
@@ -160,7 +167,8 @@ def test_proxy_learns_an_easy_mapping_and_the_wrong_video_does_not() -> None:
 
     train, held = [item(k) for k in range(64)], [item(k) for k in range(64, 96)]
     tokenizer = pl.make_tokenizer(VOCAB, train)
-    s = pl.LMSettings(layers=1, width=32, heads=2, steps=60, batch_size=16, lr=1e-2, eval_every=20)
+    s = pl.LMSettings(layers=1, width=32, heads=2, steps=60, batch_size=16, lr=1e-2, eval_every=20,
+                      prefix_weight=0.0)
     real = pl.run_condition(tokenizer, train, {"held": held}, "tokens", s)
     wrong = pl.run_condition(tokenizer, train, {"held": held}, "wrong video", s)
     assert real.curve["step"] == [20, 40, 60] and len(real.curve["val"]) == 3
@@ -168,6 +176,13 @@ def test_proxy_learns_an_easy_mapping_and_the_wrong_video_does_not() -> None:
     assert real.scores["held"]["error_rate"] <= 0.1 < 0.4 <= wrong.scores["held"]["error_rate"]
     margins = pl.margins({"tokens": real, "wrong video": wrong})
     assert margins["held"]["wrong video"] >= 0.3
+    # the loss that skips the output layer on the prefix is the model's own loss
+    batch = pad_batch([build_example(tokenizer, i.tokens, i.units[0]) for i in held[:4]], tokenizer.pad_token_id)
+    model = pl.new_lm(tokenizer, s, 64)
+    with torch.no_grad():
+        objective, text, n = pl.batch_loss(model, batch, 0.5)
+        assert float(text) == pytest.approx(float(model(**batch).loss), rel=1e-5) and n == 4 * 2  # word, eos
+        assert float(objective) > float(text) == float(pl.batch_loss(model, batch)[0])
 
 
 def test_verify_prefix_lm_on_exported_records(tmp_path, capsys) -> None:

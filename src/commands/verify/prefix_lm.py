@@ -27,18 +27,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-frac", type=float, default=0.2, help="videos held out when no --val-tokens")
     p.add_argument("--unit", choices=("auto", "word", "char"), default="auto",
                    help="scoring unit: word (WER) or char (CER; auto when most texts have no spaces)")
-    p.add_argument("--num", type=int, default=600, help="synthetic videos (with --checkpoint)")
+    p.add_argument("--num", type=int, default=1500, help="synthetic videos (with --checkpoint)")
     p.add_argument("--synth-seed", type=int, default=1, help="seed of the synthetic set (the demo trains on 0)")
-    p.add_argument("--frames", type=int, nargs=2, default=(60, 180), metavar=("MIN", "MAX"),
-                   help="synthetic video lengths (2-4 signs)")
+    p.add_argument("--frames", type=int, nargs=2, default=(40, 120), metavar=("MIN", "MAX"),
+                   help="synthetic video lengths (2-3 signs)")
     p.add_argument("--holdout-signers", type=int, nargs="*", default=[6], metavar="ID",
                    help="synthetic signers never trained on (0-7; 7 is the left-handed one)")
+    p.add_argument("--save-tokens", metavar="JSONL",
+                   help="with --checkpoint: also write the synthetic records (gloss text, meta.signer) for --tokens")
+    p.add_argument("--max-codes", type=int, default=1, metavar="N",
+                   help="keep each stream's first N codes per chunk (1: level 0 of each stream); 0 = all")
     p.add_argument("--layers", type=int, default=2, help="LM layers")
     p.add_argument("--width", type=int, default=128, help="LM hidden size")
     p.add_argument("--heads", type=int, default=4, help="LM attention heads")
-    p.add_argument("--steps", type=int, default=300, help="LM training steps per condition")
+    p.add_argument("--steps", type=int, default=500, help="LM training steps per condition")
     p.add_argument("--batch-size", type=int, default=16, help="LM batch size")
-    p.add_argument("--lr", type=float, default=2e-3, help="LM peak learning rate")
+    p.add_argument("--lr", type=float, default=3e-3, help="LM peak learning rate")
+    p.add_argument("--prefix-weight", type=float, default=0.3,
+                   help="weight of the LM's next-sign-token loss on the prefix (0 = text loss only)")
     p.add_argument("--seed", type=int, default=0, help="LM initialisation, batches, controls and held-out draw")
     p.add_argument("--min-margin", type=float, default=0.1,
                    help="error-rate margin over both controls needed to pass")
@@ -46,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.val_tokens and not args.tokens:
         p.error("--val-tokens needs --tokens")
-    if not 0 < args.val_frac < 1 or args.steps < 1 or args.num < 10:
-        p.error("need 0 < --val-frac < 1, --steps >= 1 and --num >= 10")
+    if not 0 < args.val_frac < 1 or args.steps < 1 or args.num < 10 or args.max_codes < 0:
+        p.error("need 0 < --val-frac < 1, --steps >= 1, --num >= 10 and --max-codes >= 0")
 
     def body() -> int:
         from src.config import ConfigError
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             raise ConfigError(str(e)) from None
         settings = pl.LMSettings(args.layers, args.width, args.heads, args.steps, args.batch_size, args.lr,
-                                 max(1, args.steps // 12), args.seed)
+                                 max(1, args.steps // 10), args.seed, args.prefix_weight)
         tokenizer = pl.make_tokenizer(vocab, train)
         print(f"sign vocabulary: {len(vocab.tokens())} tokens (codebook {vocab.codebook_size}, codes per "
               f"chunk {vocab.codes_per_stream}, NC runs up to {vocab.max_run}); tokenizer {len(tokenizer)} ids")
@@ -95,8 +101,12 @@ def _synthetic(args):
     for rec in records:
         rec["text"] = annotations[rec["video_name"]]["gloss"]
         rec["meta"]["signer"] = annotations[rec["video_name"]]["signer"]
+    if args.save_tokens:
+        from src.tokens.records import write_jsonl_atomic
+
+        write_jsonl_atomic(args.save_tokens, records)
     vocab = pl.vocab_of(records, "export")
-    items, skipped = pl.items_from_records(records, vocab, "word", "export")
+    items, skipped = pl.items_from_records(records, vocab, "word", "export", args.max_codes or None)
     held = set(args.holdout_signers)
     signers = [i for i in items if i.signer in held]
     train, videos = pl.hold_out([i for i in items if i.signer not in held], args.val_frac, args.seed)
@@ -113,16 +123,20 @@ def _read(files: list[str]) -> list[dict]:
 
 
 def _from_files(args):
-    """Items of exported JSONL files; held out: --val-tokens or a seeded fraction."""
+    """Items of exported JSONL files; held out: --val-tokens or a seeded fraction, and the
+    videos of --holdout-signers where the records carry ``meta.signer``."""
     from src.metrics import prefix_lm as pl
 
     records, val_records = _read(args.tokens), _read(args.val_tokens or [])
     vocab = pl.vocab_of(records + val_records, " ".join(args.tokens + (args.val_tokens or [])))
     texts = [r["text"] for r in records if isinstance(r.get("text"), str)]
     unit = pl.guess_unit(texts) if args.unit == "auto" else args.unit
-    items, skipped = pl.items_from_records(records, vocab, unit)
+    items, skipped = pl.items_from_records(records, vocab, unit, max_codes=args.max_codes or None)
+    held_signers = set(args.holdout_signers) if all(i.signer is not None for i in items) else set()
+    signers = [i for i in items if i.signer in held_signers]
+    items = [i for i in items if i.signer not in held_signers]
     if val_records:
-        train, (held, more) = items, pl.items_from_records(val_records, vocab, unit)
+        train, (held, more) = items, pl.items_from_records(val_records, vocab, unit, max_codes=args.max_codes or None)
         skipped += more
     else:
         train, held = pl.hold_out(items, args.val_frac, args.seed)
@@ -130,9 +144,13 @@ def _from_files(args):
         raise ValueError(f"{args.tokens[0]}: {len(train)} training and {len(held)} held-out videos with text; "
                          "need at least 2 of each")
     notes = [f"{len(train)} training and {len(held)} held-out videos; {len(skipped)} records skipped"
-             + (f" (first: {skipped[0]})" if skipped else ""),
-             "held-out signers: not measured (token records carry no signer id)"]
-    return vocab, train, {"held-out videos": held}, unit, notes
+             + (f" (first: {skipped[0]})" if skipped else "")]
+    evals = {"held-out videos": held}
+    if signers:
+        evals[f"held-out signers {sorted(held_signers)}"] = signers
+    elif not held_signers:
+        notes.append("held-out signers: not measured (the records carry no meta.signer)")
+    return vocab, train, evals, unit, notes
 
 
 def _report(args, pl, results, settings, unit, num_train, evals) -> int:
