@@ -272,14 +272,14 @@ def margins(results: dict[str, ConditionResult]) -> dict[str, dict[str, float]]:
 
 
 def plot_curves(results: dict[str, ConditionResult], out: str | Path, title: str) -> Path:
-    """Train (dashed) and validation (solid) text loss per condition, one PNG."""
+    """Train (dashed) and held-out (solid) text loss per condition, one PNG."""
     from src.viz._figure import new_figure, save_png
 
     fig = new_figure(6.4, 3.8, 100)
     ax = fig.add_subplot(1, 1, 1)
     for (name, r), colour in zip(results.items(), ("tab:blue", "tab:orange", "tab:grey")):
         ax.plot(r.curve["step"], r.curve["train"], "--", color=colour, label=f"{name} train")
-        ax.plot(r.curve["step"], r.curve["val"], "-", color=colour, label=f"{name} val")
+        ax.plot(r.curve["step"], r.curve["val"], "-", color=colour, label=f"{name} held out")
     ax.set_xlabel("step")
     ax.set_ylabel("text cross-entropy (nats per token)")
     ax.set_title(title, fontsize=9)
