@@ -32,11 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, nargs=2, default=(40, 120), metavar=("MIN", "MAX"),
                    help="synthetic video lengths (2-3 signs)")
     p.add_argument("--holdout-signers", type=int, nargs="*", default=[6], metavar="ID",
-                   help="synthetic signers never trained on (0-7; 7 is the left-handed one)")
+                   help="signers never trained on (synthetic 0-7, 7 left-handed; with --tokens, meta.signer)")
     p.add_argument("--save-tokens", metavar="JSONL",
                    help="with --checkpoint: also write the synthetic records (gloss text, meta.signer) for --tokens")
     p.add_argument("--max-codes", type=int, default=1, metavar="N",
-                   help="keep each stream's first N codes per chunk (1: level 0 of each stream); 0 = all")
+                   help="keep each stream's first N codes per chunk (level 0 with one part; with "
+                        "model.rvq.splits=p level 0 is the first p codes); 0 = all")
     p.add_argument("--layers", type=int, default=2, help="LM layers")
     p.add_argument("--width", type=int, default=128, help="LM hidden size")
     p.add_argument("--heads", type=int, default=4, help="LM attention heads")
