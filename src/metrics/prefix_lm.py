@@ -1,9 +1,9 @@
 """Downstream proxy for sign tokens: can a small causal LM read text off them?
 
 A randomly initialised Llama-style LM (a few layers, small width, nothing downloaded)
-learns ``[bos] sign tokens <SEP> text [eos]`` (loss on the text only), then greedy
-decoding from ``[bos] sign tokens <SEP>`` is scored by its error rate over words (or
-characters). Two controls train the same LM from the same initial weights on the same
+learns ``[bos] sign tokens <SEP> text [eos]`` (loss on the text, plus a weighted
+next-token loss on the sign prefix), then greedy decoding from ``[bos] sign tokens <SEP>``
+is scored by its error rate over words (or characters). Two controls train the same LM from the same initial weights on the same
 texts: ``shuffled`` (each video's sign tokens in random order: what a bag of tokens
 tells) and ``wrong video`` (the tokens of another video: what the text prior alone
 reaches, i.e. chance). The margin of the real tokens over both is the figure that
