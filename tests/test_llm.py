@@ -83,6 +83,10 @@ def test_vocab_from_meta_takes_an_int_or_per_stream_counts() -> None:
         SignVocab.from_meta({"codebook_size": K, "codes_per_stream": {"F": 1}, "max_run": 4}, "r")
     with pytest.raises(ValueError, match=r"meta\.max_run: expected an int"):
         SignVocab.from_meta({"codebook_size": K, "num_levels": 3})
+    from src.config import load_config
+
+    cfg = load_config(None, [f"model.rvq.codebook_size={K}", "model.rvq.levels=2", "export.max_run=4"])
+    assert SignVocab.from_config(cfg) == VOCAB  # the default per-stream levels 1/2/2/2/1
 
 
 def test_missing_packages_name_the_install_line(monkeypatch) -> None:

@@ -316,18 +316,6 @@ def items_from_records(records: list[dict], vocab: SignVocab, unit: str, where: 
     return items, skipped
 
 
-def vocab_of(records: list[dict], where: str) -> SignVocab:
-    """The sign vocabulary every record's meta agrees on; ValueError naming the first that differs."""
-    if not records:
-        raise ValueError(f"{where}: no records")
-    vocab = SignVocab.from_meta(records[0].get("meta", {}), f"{where}[0].meta")
-    for k, rec in enumerate(records[1:], 1):
-        other = SignVocab.from_meta(rec.get("meta", {}), f"{where}[{k}].meta")
-        if other != vocab:
-            raise ValueError(f"{where}[{k}].meta: {other} differs from the first record's {vocab}")
-    return vocab
-
-
 def hold_out(items: list[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
     """A seeded random ``fraction`` of the items (at least 1) held out: (train, held out)."""
     order = random.Random(seed).sample(range(len(items)), len(items))

@@ -23,7 +23,7 @@ from src.models.tokenizer import SignTokenizer
 from src.tokens.records import validate_record, write_jsonl_atomic
 from src.tokens.select import adaptive_depths, unchanged_chunks
 from src.tokens.sequence import TokenSettings, codes_to_streams, sequence_record
-from src.tokens.llm import SignVocab, prefix_tokens
+from src.tokens.llm import SignVocab, prefix_tokens, vocab_of
 from src.tokens.template import llm_example
 from src.train.runlog import write_json
 
@@ -256,7 +256,9 @@ def write_llm_files(records: list[dict], out: str | Path, settings: TokenSetting
     fixed by the quantiser alone (see ``src/tokens/llm.py``).
     """
     vocab_path, llm_path = llm_paths(out)
-    vocab = SignVocab.create(settings.codebook_size, settings.num_levels, settings.max_run)
+    # The records' meta names each stream's own code count; settings only the largest.
+    vocab = (vocab_of(records, str(out)) if records
+             else SignVocab.create(settings.codebook_size, settings.num_levels, settings.max_run))
     examples = [{"video_name": r["video_name"],
                  **llm_example("".join(prefix_tokens(r["tokens"], vocab, f"{r['video_name']}.tokens")), r["text"])}
                 for r in records if r.get("text")]

@@ -63,7 +63,8 @@ class SignVocab:
     def from_config(cls, cfg: Any) -> SignVocab:
         """From a checkpoint's config: the quantiser's codebook size and codes per stream."""
         rvq = cfg.model.rvq
-        return cls.create(rvq.codebook_size, rvq.codes_per_stream, cfg.export.max_run, "model.rvq.codes_per_stream")
+        counts = {s: rvq.stream_codes(s) for s in STREAM_NAMES}
+        return cls.create(rvq.codebook_size, counts, cfg.export.max_run, "model.rvq.stream_levels")
 
 
 def _per_stream(value: object, where: str) -> dict[str, int]:
@@ -73,6 +74,18 @@ def _per_stream(value: object, where: str) -> dict[str, int]:
             not all(is_int(n) and n >= 1 for n in counts.values()):
         raise ValueError(f"{where}: expected an int >= 1 or one per stream {STREAM_NAMES}, got {value!r}")
     return {s: int(counts[s]) for s in STREAM_NAMES}
+
+
+def vocab_of(records: list[dict], where: str) -> SignVocab:
+    """The sign vocabulary every record's meta agrees on; ValueError naming the first that differs."""
+    if not records:
+        raise ValueError(f"{where}: no records")
+    vocab = SignVocab.from_meta(records[0].get("meta", {}), f"{where}[0].meta")
+    for k, rec in enumerate(records[1:], 1):
+        other = SignVocab.from_meta(rec.get("meta", {}), f"{where}[{k}].meta")
+        if other != vocab:
+            raise ValueError(f"{where}[{k}].meta: {other} differs from the first record's {vocab}")
+    return vocab
 
 
 def prefix_tokens(entries: list[dict], vocab: SignVocab, where: str = "tokens") -> list[str]:

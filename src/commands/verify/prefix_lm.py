@@ -91,6 +91,7 @@ def _synthetic(args):
     from src.inference import load_tokenizer
     from src.metrics import prefix_lm as pl
     from src.tokens.export import export_config, export_tokens
+    from src.tokens.llm import vocab_of
 
     model, ckpt_cfg = load_tokenizer(args.checkpoint, "cpu")
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,7 +107,7 @@ def _synthetic(args):
         from src.tokens.records import write_jsonl_atomic
 
         write_jsonl_atomic(args.save_tokens, records)
-    vocab = pl.vocab_of(records, "export")
+    vocab = vocab_of(records, "export")
     items, skipped = pl.items_from_records(records, vocab, "word", "export", args.max_codes or None)
     held = set(args.holdout_signers)
     signers = [i for i in items if i.signer in held]
@@ -127,9 +128,10 @@ def _from_files(args):
     """Items of exported JSONL files; held out: --val-tokens or a seeded fraction, and the
     videos of --holdout-signers where the records carry ``meta.signer``."""
     from src.metrics import prefix_lm as pl
+    from src.tokens.llm import vocab_of
 
     records, val_records = _read(args.tokens), _read(args.val_tokens or [])
-    vocab = pl.vocab_of(records + val_records, " ".join(args.tokens + (args.val_tokens or [])))
+    vocab = vocab_of(records + val_records, " ".join(args.tokens + (args.val_tokens or [])))
     texts = [r["text"] for r in records if isinstance(r.get("text"), str)]
     unit = pl.guess_unit(texts) if args.unit == "auto" else args.unit
     items, skipped = pl.items_from_records(records, vocab, unit, max_codes=args.max_codes or None)
