@@ -246,13 +246,14 @@ def test_export_command_to_llm(tiny_checkpoint, root, tmp_path, capsys):
     vocab_path, llm_path = llm_paths(out)
     vocab = set(json.loads(vocab_path.read_text()))
     assert SEP in vocab
-    for r in records:
-        assert set(re.findall(r"<[^>]+>", r["template"])) <= vocab
+    assert not any(re.fullmatch(r"<T\d+>", t) for t in vocab)  # fixed size: no chunk indices
     lines = read_jsonl(llm_path)
     assert [line["video_name"] for line in lines] == [r["video_name"] for r in records]
     for line, rec in zip(lines, records):
         prefix, text = line["input"].split(SEP)
-        assert (prefix, text) == (rec["template"], rec["text"]) == (line["prefix"], line["text"])
+        assert set(re.findall(r"<[^>]+>", prefix)) <= vocab
+        assert (prefix, text) == (re.sub(r"<T\d+>", "<T>", rec["template"]), rec["text"]) == (line["prefix"], line["text"])
+        assert template_to_entries(prefix, rec["meta"]["codebook_size"]) == rec["tokens"]
         start, end = line["loss_mask"]["text_span"]
         assert line["input"][start:end] == rec["text"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["tokens.jsonl", "tokens.llm.jsonl", "tokens.vocab.json"]

@@ -23,7 +23,8 @@ from src.models.tokenizer import SignTokenizer
 from src.tokens.records import validate_record, write_jsonl_atomic
 from src.tokens.select import adaptive_depths, unchanged_chunks
 from src.tokens.sequence import TokenSettings, codes_to_streams, sequence_record
-from src.tokens.template import build_vocabulary, llm_example
+from src.tokens.llm import SignVocab, prefix_tokens, vocab_of
+from src.tokens.template import llm_example
 from src.train.runlog import write_json
 
 log = logging.getLogger(__name__)
@@ -249,12 +250,18 @@ def llm_paths(out: str | Path) -> tuple[Path, Path]:
 
 def write_llm_files(records: list[dict], out: str | Path, settings: TokenSettings) -> tuple[Path, Path, int]:
     """Write the sign-token vocabulary (a JSON list for ``add_tokens``) and one LLM training
-    line per record with a non-empty text; returns both paths and the number of lines."""
+    line per record with a non-empty text; returns both paths and the number of lines.
+
+    The LLM prefix starts each chunk with ``<T>`` (no chunk index), so the vocabulary is
+    fixed by the quantiser alone (see ``src/tokens/llm.py``).
+    """
     vocab_path, llm_path = llm_paths(out)
-    vocab = build_vocabulary(settings.num_levels, settings.codebook_size, settings.max_run,
-                             settings.max_chunks or max((len(r["tokens"]) for r in records), default=1))
-    examples = [{"video_name": r["video_name"], **llm_example(r["template"], r["text"])}
+    # The records' meta names each stream's own code count; settings only the largest.
+    vocab = (vocab_of(records, str(out)) if records
+             else SignVocab.create(settings.codebook_size, settings.num_levels, settings.max_run))
+    examples = [{"video_name": r["video_name"],
+                 **llm_example("".join(prefix_tokens(r["tokens"], vocab, f"{r['video_name']}.tokens")), r["text"])}
                 for r in records if r.get("text")]
     vocab_path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(vocab_path, vocab)
+    write_json(vocab_path, vocab.tokens())
     return vocab_path, llm_path, write_jsonl_atomic(llm_path, examples)

@@ -4,6 +4,10 @@ One chunk reads ``<T0><F:c12><F:c1031><LH:a37><RH:b8><B:d91><FB:e45>``: a time t
 then the streams in fixed order, each with its codes in level order. A code is written
 as ``global_id = level * codebook_size + code`` so that a level-1 code can never be read
 as a level-0 one; an NC run reads ``<LH:NCx3>``.
+
+The LLM prefix (``src/tokens/llm.py``) starts each chunk with the unnumbered ``<T>``
+instead, so that its vocabulary does not grow with the length of a video; the parser
+reads both, and whitespace between tokens (a tokenizer's ``decode`` may add it).
 """
 from __future__ import annotations
 
@@ -13,14 +17,16 @@ from src.data.keypoints import STREAM_BY_NAME, STREAM_NAMES
 from src.tokens.rle import NC, check_codes, is_int, is_nc, nc_length
 
 SEP = "<SEP>"
+CHUNK = "<T>"  # unnumbered chunk start of the LLM prefix
 
 _ORDER = {"t": -1, **{s: i for i, s in enumerate(STREAM_NAMES)}}
 _STREAM_ALT = "|".join(sorted(STREAM_NAMES, key=len, reverse=True))
 # No leading zeros, so that every parsed token renders back to the same text.
 _TOKEN = re.compile(
-    rf"<T(?P<t>0|[1-9]\d*)>"
+    rf"<T(?P<t>0|[1-9]\d*)?>"
     rf"|<(?P<stream>{_STREAM_ALT}):(?:NCx(?P<run>[1-9]\d*)|(?P<prefix>[a-z])(?P<gid>0|[1-9]\d*))>"
 )
+_SPACE = re.compile(r"\s*")
 
 
 def _code_token(stream: str, global_id: int) -> str:
@@ -41,11 +47,22 @@ def entries_to_template(
     entries: list[dict], codebook_size: int, max_chunks: int | None = None
 ) -> str:
     """Render RLE entries as template text; ``t >= max_chunks`` (if given) raises."""
+    return "".join(entries_to_tokens(entries, codebook_size, max_chunks))
+
+
+def entries_to_tokens(
+    entries: list[dict], codebook_size: int, max_chunks: int | None = None, numbered: bool = True
+) -> list[str]:
+    """The template's tokens one by one; ``numbered=False`` starts each chunk with ``<T>``."""
     _check_positive(codebook_size=codebook_size)
-    return "".join(_entry_text(e, i, codebook_size, max_chunks) for i, e in enumerate(entries))
+    out: list[str] = []
+    for i, e in enumerate(entries):
+        out += _entry_tokens(e, i, codebook_size, max_chunks, numbered)
+    return out
 
 
-def _entry_text(entry: dict, i: int, codebook_size: int, max_chunks: int | None) -> str:
+def _entry_tokens(entry: dict, i: int, codebook_size: int, max_chunks: int | None,
+                  numbered: bool) -> list[str]:
     t = entry.get("t")
     if not is_int(t) or t < 0:
         raise ValueError(f"entries[{i}].t: expected an int >= 0, got {t!r}")
@@ -54,11 +71,11 @@ def _entry_text(entry: dict, i: int, codebook_size: int, max_chunks: int | None)
     unknown = [k for k in entry if k not in _ORDER]
     if unknown:
         raise ValueError(f"entries[{i}]: unknown key {unknown[0]!r}")
-    parts = [f"<T{t}>"]
+    parts = [f"<T{t}>" if numbered else CHUNK]
     for s in STREAM_NAMES:
         if s in entry:
             parts += _stream_tokens(s, entry[s], codebook_size, f"entries[{i}].{s}")
-    return "".join(parts)
+    return parts
 
 
 def _stream_tokens(stream: str, value: list, codebook_size: int, path: str) -> list[str]:
@@ -69,19 +86,26 @@ def _stream_tokens(stream: str, value: list, codebook_size: int, path: str) -> l
 
 
 def template_to_entries(text: str, codebook_size: int) -> list[dict]:
-    """Parse template text back into the entries it was rendered from (exact inverse)."""
+    """Parse template text back into the entries it was rendered from (exact inverse).
+
+    Grammar: tokens, optionally separated by whitespace (never inside a token). ``<Tn>``
+    starts chunk n; ``<T>`` starts the chunk after the previous one (0 first); then each
+    stream present in the chunk, in the order F LH RH B FB, with either its codes in level
+    order (``<F:c12><F:c1031>``: level = id // codebook_size) or one ``<F:NCx3>``.
+    """
     _check_positive(codebook_size=codebook_size)
     entries: list[dict] = []
-    pos = 0
+    pos = _SPACE.match(text).end()
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if m is None:
             raise ValueError(f"unknown token {_snippet(text, pos)!r} at position {pos}")
-        if m["t"] is not None:
-            entries.append({"t": int(m["t"])})
+        if m["stream"] is None:
+            t = int(m["t"]) if m["t"] is not None else entries[-1]["t"] + 1 if entries else 0
+            entries.append({"t": t})
         else:
             _add_stream_token(entries, m, codebook_size)
-        pos = m.end()
+        pos = _SPACE.match(text, m.end()).end()
     return entries
 
 
@@ -115,18 +139,25 @@ def _add_stream_token(entries: list[dict], m: re.Match, codebook_size: int) -> N
 
 
 def build_vocabulary(
-    num_levels: int, codebook_size: int, max_run: int, max_chunks: int
+    num_levels: int | dict[str, int], codebook_size: int, max_run: int, max_chunks: int | None = None
 ) -> list[str]:
-    """Every sign token in a stable order: codes, NC runs, time tokens, then ``<SEP>``.
+    """Every sign token in a stable order: codes, NC runs, chunk tokens, then ``<SEP>``.
 
-    Unique strings, JSON-able, ready for a HuggingFace tokenizer's ``add_tokens``.
+    ``num_levels`` is the most codes a chunk has per stream (one int for all, or per
+    stream). Without ``max_chunks`` the chunk token is the single ``<T>`` of the LLM
+    prefix, so the size is fixed before any data is seen; with it, the debug template's
+    ``<T0>`` .. ``<T{max_chunks-1}>``. Unique strings, JSON-able, for ``add_tokens``.
     """
-    _check_positive(
-        num_levels=num_levels, codebook_size=codebook_size, max_run=max_run, max_chunks=max_chunks
-    )
-    vocab = [_code_token(s, g) for s in STREAM_NAMES for g in range(num_levels * codebook_size)]
+    levels = num_levels if isinstance(num_levels, dict) else dict.fromkeys(STREAM_NAMES, num_levels)
+    if sorted(levels) != sorted(STREAM_NAMES):
+        raise ValueError(f"num_levels: expected one count per stream {STREAM_NAMES}, got {sorted(levels)}")
+    _check_positive(codebook_size=codebook_size, max_run=max_run,
+                    **{f"num_levels[{s}]": n for s, n in levels.items()})
+    if max_chunks is not None:
+        _check_positive(max_chunks=max_chunks)
+    vocab = [_code_token(s, g) for s in STREAM_NAMES for g in range(levels[s] * codebook_size)]
     vocab += [_nc_token(s, k) for s in STREAM_NAMES for k in range(1, max_run + 1)]
-    vocab += [f"<T{t}>" for t in range(max_chunks)]
+    vocab += [CHUNK] if max_chunks is None else [f"<T{t}>" for t in range(max_chunks)]
     return vocab + [SEP]
 
 
