@@ -66,7 +66,7 @@ def run_demo(cfg: Config, split: str = "val", num_export: int = 0) -> dict:
     records, stats, failures = export_tokens(model, cfg, split, num_export, str(checkpoint), device)
     tokens = run_dir / "tokens.jsonl"
     write_jsonl_atomic(tokens, records)
-    vocab, llm, _ = write_llm_files(records, tokens, token_settings(cfg))
+    vocab, llm, num_llm = write_llm_files(records, tokens, token_settings(cfg))
     gif = render_recon(reconstruct(model, cfg, split=split, device=device), run_dir / "recon.gif",
                        cfg.data.fps, cfg.data.chunk_len)
     plots = write_token_plots(records, run_dir / "viz", max_records=3, raw_counts=stats.raw_code_counts)
@@ -76,7 +76,7 @@ def run_demo(cfg: Config, split: str = "val", num_export: int = 0) -> dict:
         "oracle_chunk_mean_px": result["oracle_chunk_mean_px"], "jump_ratio": result["temporal"]["jump_ratio"],
         "usage_l0": {s: first_level_min(report["codebook"][s], "usage") for s in STREAM_NAMES},
         "tokens": result["tokens"], "checks": report["checks"], "num_chunks": result["num_chunks"],
-        "exported": f"{stats.exported}/{stats.attempted}",
+        "exported": f"{stats.exported}/{stats.attempted}", "llm_lines": num_llm,
         "outputs": {"checkpoint": checkpoint, "eval report": run_dir / "eval.json", "tokens": tokens,
                     "vocabulary": vocab, "llm examples": llm, "reconstruction": gif,
                     "token pictures": run_dir / "viz", "training log": run_dir / "train.log",
@@ -113,7 +113,8 @@ def summary_table(s: dict) -> str:
              "codes used % = distinct codes the encoder picked on the split / codebook size, before RLE "
              "(as eval-rvq and viz/codebook_usage.png)",
              f"codes per chunk {s['tokens']['codes_per_chunk']}; {token_rates(s['tokens'])}",
-             f"tokens.jsonl holds {s['exported']} sequences",
+             f"tokens.jsonl holds {s['exported']} sequences; the LLM examples {s['llm_lines']} of them "
+             "(only sequences with a text become prefix <SEP> text lines)",
              *check_lines(checks)[-1:]]
     failed = failed_checks(checks)
     if failed:
