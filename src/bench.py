@@ -226,7 +226,8 @@ def stream_figures(model: SignTokenizer, cfg: Config, settings: BenchSettings, d
                    threads: int | None) -> dict[str, Any]:
     """The streaming path end to end, per new chunk: its frames pushed one at a time into a
     ``StreamingTokenizer`` (causal preprocessing, normalisation, ``model.step``: encode,
-    quantise, and the decode that gives the next chunk's context), fp32 and bf16; and the
+    quantise, and for a temporal-context model the decode that gives the next chunk's
+    context), fp32 and bf16; and the
     causal preprocessing of a chunk's frames alone."""
     from src.data.causal import CausalCleaner
     from src.data.synth import synth_sequence

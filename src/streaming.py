@@ -91,13 +91,15 @@ class ChunkTokens:
 
 @torch.no_grad()
 def step_chunk(model: SignTokenizer, x: np.ndarray, conf: np.ndarray, context: torch.Tensor | None,
-               device: str | torch.device = "cpu", precision: str = "fp32") -> tuple[np.ndarray, torch.Tensor]:
-    """One chunk x (L, P, 2), conf (L, P) -> codes (S, levels) and the decoded chunk (1, L, P, 2)."""
+               device: str | torch.device = "cpu", precision: str = "fp32",
+               decode: bool = True) -> tuple[np.ndarray, torch.Tensor | None]:
+    """One chunk x (L, P, 2), conf (L, P) -> codes (S, levels) and the decoded chunk (1, L, P, 2)
+    (None when ``decode`` is off and the model needs no context)."""
     xt = torch.from_numpy(np.ascontiguousarray(x))[None].to(device)
     ct = torch.from_numpy(np.ascontiguousarray(conf))[None].to(device)
     with precision_context(device, precision):
-        codes, decoded = model.step(xt, ct, context)
-    return codes[0].cpu().numpy(), decoded.float()
+        codes, decoded = model.step(xt, ct, context, decode)
+    return codes[0].cpu().numpy(), None if decoded is None else decoded.float()
 
 
 def causal_codes(model: SignTokenizer, sample: dict, device: str | torch.device = "cpu",
@@ -178,8 +180,9 @@ class StreamingTokenizer:
         self.seen_rows |= frames.conf.any(axis=0)
         x, frame_mask = chunk(normalise(frames.xy, centres, frames.unit), self.chunk_len)
         conf = chunk(frames.conf[:, kp.STREAM_ROWS], self.chunk_len)[0] & frame_mask[..., None]
-        codes, decoded = step_chunk(self.model, x[0], conf[0], self.context, self.device, self.precision)
-        self.context = decoded[:, -1]
+        codes, decoded = step_chunk(self.model, x[0], conf[0], self.context, self.device, self.precision,
+                                    decode=self.decode)
+        self.context = None if decoded is None else decoded[:, -1]
         t, self.num_chunks = self.num_chunks, self.num_chunks + 1
         entry, closed = self.rle.step(t, {s: v[0] for s, v in codes_to_streams(codes[None]).items()})
         result = ChunkTokens(t, codes, entry, closed, len(frames))

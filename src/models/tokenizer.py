@@ -176,18 +176,21 @@ class SignTokenizer(nn.Module):
         return self.quantizer.encode(self.encode_latent(x, observed))
 
     @torch.no_grad()
-    def step(self, x: torch.Tensor, observed: torch.Tensor,
-             context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, x: torch.Tensor, observed: torch.Tensor, context: torch.Tensor | None = None,
+             decode: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One new chunk per row, causally: its codes (N, S, levels) and decoded poses (N, L, P, 2).
 
         ``context`` (N, P, 2) is the decoded last frame of each row's previous chunk (None for
-        a sequence's first chunk): what a streaming tokenizer keeps between chunks.
+        a sequence's first chunk): what a streaming tokenizer keeps between chunks. A model
+        without context needs no decode for its tokens: ``decode=False`` skips it (None).
         """
         ctx = None
         if self.uses_context:
             first = torch.full((x.shape[0],), context is None, dtype=torch.bool, device=x.device)
             ctx = Context(x[:, -1] if context is None else context, first)
         codes = self.quantizer.encode(self.encode_latent(x, observed, ctx))
+        if not (decode or self.uses_context):
+            return codes, None
         return codes, self.decode(self.decode_codes(codes), ctx)
 
     @torch.no_grad()
