@@ -64,7 +64,7 @@ class SignTokenizer(nn.Module):
         self.uses_context = cfg.context == "previous"
         if self.uses_context:
             # Spread of a frame's offset from the previous chunk's last frame: the scale of
-            # what a chunk codes once the context is known (several times below point_std).
+            # what a chunk codes once the context is known.
             self.register_buffer("delta_std", torch.ones(kp.NUM_STREAM_POINTS, 2))
             # The context frame (standardised) and a first-chunk flag, per stream, to one
             # vector added to every frame token of the encoder and of the decoder.
@@ -89,7 +89,7 @@ class SignTokenizer(nn.Module):
         first = ctx.first[:, None, None]
         ref = torch.where(first, self.point_mean, ctx.ref)
         scale = torch.where(first, self.point_std, self.delta_std)
-        pose = ((ref - self.point_mean) / self.point_std).masked_fill(first, 0)  # (N, P, 2)
+        pose = (ref - self.point_mean) / self.point_std  # (N, P, 2); 0 for a first chunk
         flag = ctx.first[:, None].to(pose.dtype)
         cond = torch.stack([self.context_in[name](torch.cat([pose[:, sl].flatten(1), flag], 1))
                             for name, sl in kp.STREAM_SLICES.items()], dim=1)
