@@ -103,10 +103,13 @@ def _label_codes(ax: Axes, tl: _Timeline, levels: int) -> None:
                         color=_ink(_PALETTE[int(code) % len(_PALETTE)]))
 
 
-def _timeline_axes(ax: Axes, tl: _Timeline, levels: int, seconds_per_chunk: float) -> None:
+def _timeline_axes(ax: Axes, tl: _Timeline, levels: int, seconds_per_chunk: float,
+                   coded: dict[str, int]) -> None:
+    """``coded``: codes per chunk of each stream (``meta.codes_per_stream``); rows past them are
+    levels the stream never codes, labelled as such rather than left to look like gaps."""
     rows = len(tl.streams) * levels
-    ax.set_yticks(range(rows), [f"{s} L{lv}" for s in tl.streams for lv in range(levels)],
-                  fontsize=7)
+    ax.set_yticks(range(rows), [f"{s} L{lv}" + ("" if lv < coded.get(s, levels) else " (none)")
+                                for s in tl.streams for lv in range(levels)], fontsize=7)
     for si in range(1, len(tl.streams)):
         ax.axhline(si * levels - 0.5, color="black", lw=1.0)
     ax.set_xlabel("chunk index")
@@ -141,7 +144,8 @@ def plot_token_timeline(record: dict, out: str | Path) -> Path:
     _mark_nc_runs(ax, tl, levels, min_labelled=max(2, math.ceil(22 / points_per_chunk)))
     if tl.num_chunks <= _MAX_LABELLED_CHUNKS:
         _label_codes(ax, tl, levels)
-    _timeline_axes(ax, tl, levels, record.get("chunk_len", 10) / record.get("fps", 30))
+    _timeline_axes(ax, tl, levels, record.get("chunk_len", 10) / record.get("fps", 30),
+                   record.get("meta", {}).get("codes_per_stream") or {})
     ax.set_title(f"{record.get('video_name', '?')}: {tl.num_chunks} chunks", fontsize=9)
     fig.tight_layout()
     return save_png(fig, out)
