@@ -185,6 +185,10 @@ def test_long_timelines_get_whole_chunk_ticks(tmp_path):
     _timeline_axes(ax, tl, 1, 1 / 3)
     ticks = [t for t in ax.get_xticks() if -0.5 <= t <= 22.5]
     assert len(ticks) >= 3 and all(float(t).is_integer() for t in ticks)
+    # a level a stream does not code is labelled, not left to look like a gap
+    _timeline_axes(ax, tl, 2, 1 / 3, {"F": 1, "LH": 2})
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[:4] == ["F L0", "F L1 (none)", "LH L0", "LH L1"]
 
 
 def test_mp4_with_ffmpeg(tmp_path):

@@ -104,10 +104,10 @@ def _label_codes(ax: Axes, tl: _Timeline, levels: int) -> None:
 
 
 def _timeline_axes(ax: Axes, tl: _Timeline, levels: int, seconds_per_chunk: float,
-                   coded: dict[str, int]) -> None:
+                   coded: dict[str, int] | None = None) -> None:
     """``coded``: codes per chunk of each stream (``meta.codes_per_stream``); rows past them are
     levels the stream never codes, labelled as such rather than left to look like gaps."""
-    rows = len(tl.streams) * levels
+    rows, coded = len(tl.streams) * levels, coded or {}
     ax.set_yticks(range(rows), [f"{s} L{lv}" + ("" if lv < coded.get(s, levels) else " (none)")
                                 for s in tl.streams for lv in range(levels)], fontsize=7)
     for si in range(1, len(tl.streams)):
