@@ -35,13 +35,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from src.data import keypoints as kp
-from src.data.pose import CleanPose, observed_mask, pair_lengths, rotate, shoulder_angles, video_size
+from src.data.pose import (
+    CleanPose, centre_rows, observed_mask, pair_lengths, rotate, shoulder_angles, unit_from_medians, video_size,
+)
 from src.data.source import DataError
 from src.data.transforms import time_warp
 
-# Lengths measured per frame, in the order unit_length tries them: (name, row pair).
-_LENGTHS = (("shoulders", kp.SHOULDER_WIDTH), ("left_lid", kp.LEFT_EYELID), ("right_lid", kp.RIGHT_EYELID),
-            *((f"fallback{i}", pair) for i, (pair, _) in enumerate(kp.UNIT_FALLBACKS)))
+# Row pairs whose length is measured per frame: every one ``unit_length`` may fall back on.
+_LENGTHS = (kp.SHOULDER_WIDTH, kp.LEFT_EYELID, kp.RIGHT_EYELID, *(pair for pair, _ in kp.UNIT_FALLBACKS))
 
 
 class RunningMedian:
@@ -108,24 +109,18 @@ class CausalCleaner:
         self.last_xy = np.zeros((kp.NUM_ROWS, 2), np.float32)   # last observation of each point
         self.seen = np.zeros(kp.NUM_ROWS, bool)                   # observed at least once
         self.history: np.ndarray | None = None                   # last filled frames, newest first (low-pass)
-        self.lengths = {name: RunningMedian() for name, _ in _LENGTHS}
+        self.lengths = {pair: RunningMedian() for pair in _LENGTHS}
         self.angles = RunningMedian()
         self.frames_seen = 0
         self.pending: list[tuple[np.ndarray, np.ndarray]] = []   # (xy (134, 2), conf (134,)) waiting
 
     def _unit(self) -> float | None:
         """The unit of the frames seen so far, with the fallbacks of ``pose.unit_length``."""
-        med = {name: m.median() for name, m in self.lengths.items()}
-        ok = {name: d for name, d in med.items() if d is not None and d > 1e-3}
-        if "shoulders" in ok:
-            return ok["shoulders"] / kp.SHOULDER_EYELID_RATIO
-        lids = [ok[n] for n in ("left_lid", "right_lid") if n in ok]
-        if lids:
-            return float(np.mean(lids))
-        for i, (_, ratio) in enumerate(kp.UNIT_FALLBACKS):
-            if f"fallback{i}" in ok:
-                return ok[f"fallback{i}"] / ratio
-        return None
+        def median(pair: tuple[int, int]) -> float | None:
+            d = self.lengths[pair].median()
+            return d if d is not None and d > 1e-3 else None
+
+        return unit_from_medians(median)
 
     def _fill(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Hold every unobserved point at its last observation, then the causal low-pass.
@@ -158,9 +153,9 @@ class CausalCleaner:
     def _measure(self, xy: np.ndarray, conf: np.ndarray) -> None:
         """Add one frame's lengths and shoulder angle to the running medians."""
         frame_xy, frame_conf = xy[None], conf[None]
-        for name, pair in _LENGTHS:
+        for pair in _LENGTHS:
             for d in pair_lengths(frame_xy, frame_conf, pair).tolist():
-                self.lengths[name].add(d)
+                self.lengths[pair].add(d)
         for a in shoulder_angles(frame_xy, frame_conf).tolist():
             self.angles.add(a)
 
@@ -225,8 +220,7 @@ def causal_centres(xy: np.ndarray, conf: np.ndarray, seen_before: np.ndarray | N
     starts = [0, *(np.nonzero((seen[1:] != seen[:-1]).any(axis=1))[0] + 1).tolist()]
     for a, b in zip(starts, [*starts[1:], xy.shape[0]]):    # frames that share the rows seen so far
         for i, s in enumerate(kp.STREAMS):
-            rows = [r for r in s.centre if seen[a, r]] or [r for r in s.rows if seen[a, r]] or list(kp.SHOULDERS)
-            centres[a:b, i] = xy[a:b, rows].mean(axis=1)
+            centres[a:b, i] = xy[a:b, centre_rows(s, seen[a])].mean(axis=1)
     return centres
 
 

@@ -6,6 +6,7 @@ the keypoint axis is COCO-WholeBody keypoint r (row 0 is the size row and is nev
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -132,15 +133,20 @@ def unit_length(xy: np.ndarray, conf: np.ndarray) -> float | None:
     widths, then eye distance, then head width, each rescaled to the same units (see
     ``keypoints.UNIT_FALLBACKS``). ``None`` when none is measurable.
     """
-    shoulders = _median_length(xy, conf, kp.SHOULDER_WIDTH)
+    return unit_from_medians(lambda pair: _median_length(xy, conf, pair))
+
+
+def unit_from_medians(median: Callable[[tuple[int, int]], float | None]) -> float | None:
+    """The unit from ``median(pair)``, a length in pixels per row pair (None when unmeasured),
+    by the fallback chain of :func:`unit_length`; shared with the causal running medians."""
+    shoulders = median(kp.SHOULDER_WIDTH)
     if shoulders is not None:
         return shoulders / kp.SHOULDER_EYELID_RATIO
-    lids = [d for d in (_median_length(xy, conf, kp.LEFT_EYELID),
-                        _median_length(xy, conf, kp.RIGHT_EYELID)) if d is not None]
+    lids = [d for d in (median(kp.LEFT_EYELID), median(kp.RIGHT_EYELID)) if d is not None]
     if lids:
         return float(np.mean(lids))
     for pair, ratio in kp.UNIT_FALLBACKS:
-        d = _median_length(xy, conf, pair)
+        d = median(pair)
         if d is not None:
             return d / ratio
     return None
@@ -168,21 +174,16 @@ def rotate(xy: np.ndarray, angle: float | np.ndarray, size: tuple[float, float])
     """Rotate pixel points (..., 2) by ``angle`` radians about the frame centre.
 
     ``angle`` is one number, or one per frame (T,) for points (T, ..., 2) (the causal mode).
+    Elementwise, so a frame's result does not depend on the frames beside it.
     """
-    centre = np.array([size[0] / 2, size[1] / 2], dtype=np.float32)
-    if np.ndim(angle):
-        # Elementwise per frame, so a frame's result does not depend on the frames beside it.
-        shape = (-1,) + (1,) * (xy.ndim - 2)
-        c = np.cos(angle).astype(np.float32).reshape(shape)
-        s = np.sin(angle).astype(np.float32).reshape(shape)
-        d = (xy - centre).astype(np.float32, copy=False)
-        out = np.stack([d[..., 0] * c - d[..., 1] * s, d[..., 0] * s + d[..., 1] * c], axis=-1)
-        return out + centre
-    if angle == 0.0:
+    if np.ndim(angle) == 0 and angle == 0.0:
         return xy
-    c, s = np.cos(angle), np.sin(angle)
-    rot = np.array([[c, s], [-s, c]], dtype=np.float32)  # row vectors: p @ rot rotates by +angle
-    return ((xy - centre) @ rot + centre).astype(np.float32)
+    centre = np.array([size[0] / 2, size[1] / 2], dtype=np.float32)
+    shape = (-1,) + (1,) * (xy.ndim - 2) if np.ndim(angle) else ()
+    c = np.cos(angle).astype(np.float32).reshape(shape)
+    s = np.sin(angle).astype(np.float32).reshape(shape)
+    d = (xy - centre).astype(np.float32, copy=False)
+    return np.stack([d[..., 0] * c - d[..., 1] * s, d[..., 0] * s + d[..., 1] * c], axis=-1) + centre
 
 
 def stream_centres(xy: np.ndarray, conf: np.ndarray) -> np.ndarray:
@@ -197,9 +198,15 @@ def stream_centres(xy: np.ndarray, conf: np.ndarray) -> np.ndarray:
     seen = conf.any(axis=0)
     centres = np.zeros((xy.shape[0], len(kp.STREAMS), 2), dtype=np.float32)
     for i, s in enumerate(kp.STREAMS):
-        rows = [r for r in s.centre if seen[r]] or [r for r in s.rows if seen[r]] or list(kp.SHOULDERS)
-        centres[:, i] = xy[:, rows].mean(axis=1)
+        centres[:, i] = xy[:, centre_rows(s, seen)].mean(axis=1)
     return centres
+
+
+def centre_rows(stream: kp.Stream, seen: np.ndarray) -> list[int]:
+    """The rows a stream is centred on, of those ``seen`` (134,): its centre rows, else its
+    seen rows, else the shoulders."""
+    return ([r for r in stream.centre if seen[r]] or [r for r in stream.rows if seen[r]]
+            or list(kp.SHOULDERS))
 
 
 def _per_point_centres(centres: np.ndarray) -> np.ndarray:
@@ -227,7 +234,7 @@ def normalise(xy: np.ndarray, centres: np.ndarray, unit: float | np.ndarray) -> 
 
 def denormalise(x: np.ndarray, centres: np.ndarray, unit: float | np.ndarray) -> np.ndarray:
     """Inverse of :func:`normalise`: (..., T, P, 2) local units -> pixels."""
-    return x * (_frame_unit(unit) if np.ndim(unit) else unit) + _per_point_centres(centres)
+    return x * _frame_unit(unit) + _per_point_centres(centres)
 
 
 def to_rows(points: np.ndarray, stream: str = "parts") -> np.ndarray:
