@@ -15,7 +15,8 @@ from src.config import DataConfig
 from src.data import keypoints as kp
 from src.data.causal import causal_centres, causal_clean, time_warp_raw
 from src.data.pose import (
-    CleanPose, chunk, clean, denormalise, normalise, rotate, stream_centres, unit_length, upright_angle,
+    CleanPose, chunk, clean, denormalise, frame_unit, normalise, rotate, stream_centres, unit_length,
+    upright_angle,
 )
 from src.data.source import DataError, PoseSource, read_json, scan_split, split_names
 from src.data.transforms import keypoint_dropout, mirror, part_dropout, random_crop, time_warp
@@ -95,9 +96,8 @@ def truth_in_input_frame(truth: dict, sample: dict) -> dict[str, np.ndarray]:
     angle = _values(truth["angle"]) - _values(sample["angle"])
     pixels = rotate(pixels, angle, tuple(float(v) for v in sample["size"]))
     origin = denormalise(np.zeros_like(pixels), centres_in, 1.0)  # each point's input centre
-    unit_in = sample["unit"]
-    unit_in = np.asarray(unit_in, np.float32).reshape(-1, 1, 1) if np.ndim(unit_in) else unit_in
-    x_true = ((pixels - origin) / unit_in).astype(np.float32).reshape(sample["x"].shape)
+    x_true = (pixels - origin) / frame_unit(_values(sample["unit"]))
+    x_true = x_true.astype(np.float32).reshape(sample["x"].shape)
     return {"x_true": x_true, "conf_true": truth["conf"] & sample["conf"]}
 
 

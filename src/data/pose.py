@@ -215,7 +215,7 @@ def _per_point_centres(centres: np.ndarray) -> np.ndarray:
     return np.repeat(centres, counts, axis=1)
 
 
-def _frame_unit(unit: float | np.ndarray) -> np.float32 | np.ndarray:
+def frame_unit(unit: float | np.ndarray) -> np.float32 | np.ndarray:
     """A scalar unit as is; a per-frame unit (T,) shaped (T, 1, 1) to broadcast over points."""
     return np.asarray(unit, dtype=np.float32).reshape(-1, 1, 1) if np.ndim(unit) else np.float32(unit)
 
@@ -228,13 +228,13 @@ def normalise(xy: np.ndarray, centres: np.ndarray, unit: float | np.ndarray) -> 
     # take + in-place arithmetic: one fresh array instead of three (fresh pages are costly)
     out = np.take(xy, kp.STREAM_ROWS, axis=1).astype(np.float32, copy=False)
     out -= _per_point_centres(centres)
-    out /= _frame_unit(unit)
+    out /= frame_unit(unit)
     return out
 
 
 def denormalise(x: np.ndarray, centres: np.ndarray, unit: float | np.ndarray) -> np.ndarray:
     """Inverse of :func:`normalise`: (..., T, P, 2) local units -> pixels."""
-    return x * _frame_unit(unit) + _per_point_centres(centres)
+    return x * frame_unit(unit) + _per_point_centres(centres)
 
 
 def to_rows(points: np.ndarray, stream: str = "parts") -> np.ndarray:
