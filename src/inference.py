@@ -14,7 +14,7 @@ import torch
 from src.config import Config, ConfigError
 from src.data import keypoints as kp
 from src.data.dataset import collate
-from src.data.pose import denormalise, rotate, to_rows
+from src.data.pose import denormalise, flat_values, rotate, to_rows
 from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer
 from src.train.checkpoint import config_from_checkpoint, load_checkpoint, load_model_state
@@ -90,11 +90,6 @@ def tokenize(model: SignTokenizer, samples: list[dict], device: str | torch.devi
     return out
 
 
-def _per_frame(value: float | np.ndarray, num_frames: int) -> float | np.ndarray:
-    """A per-sequence value as a float; a per-frame one (C, L) as its first ``num_frames`` values."""
-    return np.asarray(value).reshape(-1)[:num_frames] if np.ndim(value) else float(value)
-
-
 def frame_units(sample: dict, num_chunks: int) -> torch.Tensor:
     """The sample's unit for the metrics: (num_chunks,) per sequence, or (C, L) per frame."""
     unit = sample["unit"]
@@ -111,7 +106,9 @@ def to_pixels(local: np.ndarray, sample: dict, stream: str = "parts") -> np.ndar
     flat = local.reshape(-1, kp.NUM_STREAM_POINTS, 2)[:t]
     centres = sample["centres"].reshape(-1, len(kp.STREAMS), 2)[:t]
     size = tuple(float(v) for v in sample["size"])
-    unit, angle = (_per_frame(sample.get(k, 0.0), t) for k in ("unit", "angle"))
+    # a per-frame unit or angle (causal mode) covers the padded frames too: keep the real ones
+    unit, angle = flat_values(sample["unit"]), flat_values(sample.get("angle", 0.0))
+    unit, angle = (v[:t] if np.ndim(v) else v for v in (unit, angle))
     points = rotate(denormalise(flat, centres, unit), angle, size)
     xy = to_rows(points, stream)
     seen = to_rows(np.repeat(sample["conf"].reshape(-1, kp.NUM_STREAM_POINTS)[:t, :, None], 2, axis=-1)

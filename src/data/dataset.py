@@ -15,7 +15,7 @@ from src.config import DataConfig
 from src.data import keypoints as kp
 from src.data.causal import causal_centres, causal_clean, time_warp_raw
 from src.data.pose import (
-    CleanPose, chunk, clean, denormalise, frame_unit, normalise, rotate, stream_centres, unit_length,
+    CleanPose, chunk, clean, denormalise, flat_values, frame_unit, normalise, rotate, stream_centres, unit_length,
     upright_angle,
 )
 from src.data.source import DataError, PoseSource, read_json, scan_split, split_names
@@ -91,19 +91,15 @@ def truth_in_input_frame(truth: dict, sample: dict) -> dict[str, np.ndarray]:
         raise DataError(f"truth and input differ in shape: {truth['x'].shape} vs {sample['x'].shape}")
     flat = (-1,) + truth["x"].shape[2:]
     centres_in = sample["centres"].reshape(-1, *sample["centres"].shape[2:])
-    pixels = denormalise(truth["x"].reshape(flat), truth["centres"].reshape(centres_in.shape), _values(truth["unit"]))
+    pixels = denormalise(truth["x"].reshape(flat), truth["centres"].reshape(centres_in.shape),
+                         flat_values(truth["unit"]))
     # from the truth's upright picture to the input's (each turned by its own roll angle)
-    angle = _values(truth["angle"]) - _values(sample["angle"])
+    angle = flat_values(truth["angle"]) - flat_values(sample["angle"])
     pixels = rotate(pixels, angle, tuple(float(v) for v in sample["size"]))
     origin = denormalise(np.zeros_like(pixels), centres_in, 1.0)  # each point's input centre
-    x_true = (pixels - origin) / frame_unit(_values(sample["unit"]))
+    x_true = (pixels - origin) / frame_unit(flat_values(sample["unit"]))
     x_true = x_true.astype(np.float32).reshape(sample["x"].shape)
     return {"x_true": x_true, "conf_true": truth["conf"] & sample["conf"]}
-
-
-def _values(value: float | np.ndarray) -> float | np.ndarray:
-    """A per-sequence unit or angle as a float; a per-frame one (C, L) flat (causal mode)."""
-    return np.asarray(value, np.float32).reshape(-1) if np.ndim(value) else float(value)
 
 
 RawTransform = Callable[[np.ndarray, str], np.ndarray]  # (raw [T, 134, 3], name) -> raw

@@ -215,6 +215,11 @@ def _per_point_centres(centres: np.ndarray) -> np.ndarray:
     return np.repeat(centres, counts, axis=1)
 
 
+def flat_values(value: float | np.ndarray) -> float | np.ndarray:
+    """A per-sequence unit or angle as a float; a per-frame one (C, L) flat (the causal mode)."""
+    return np.asarray(value, np.float32).reshape(-1) if np.ndim(value) else float(value)
+
+
 def frame_unit(unit: float | np.ndarray) -> np.float32 | np.ndarray:
     """A scalar unit as is; a per-frame unit (T,) shaped (T, 1, 1) to broadcast over points."""
     return np.asarray(unit, dtype=np.float32).reshape(-1, 1, 1) if np.ndim(unit) else np.float32(unit)
