@@ -28,6 +28,8 @@ class AugmentConfig:
     time_warp_max: float = 0.2       # speed factor drawn from [1 - max, 1 + max]
     dropout_prob: float = 0.05       # per keypoint and frame, score set to 0
     part_dropout_prob: float = 0.2   # per sequence: the face or one hand unseen for 10-60 frames
+    jitter_px: float = 0.0           # per sequence: gaussian noise of sigma U(0, jitter_px) px on the input,
+    #                                  scored against the clean pose (estimators jitter; the codes should not)
 
 
 @dataclass
@@ -47,6 +49,10 @@ class DataConfig:
     lowpass_sigma: float = 0.0       # Gaussian smoothing over time, in frames; 0 = off
     causal: bool = False             # each frame normalised from frames up to it only (src/data/causal.py)
     causal_warmup: int = 10          # causal mode: the first N frames share the estimates at frame N
+    # none | face | head: points coded relative to their own mean pose, side information as the
+    # centres (the face; "head" adds the body's head and shoulders). The mean is over the sequence,
+    # or in the causal mode over every frame up to each chunk's last (docs/design.md).
+    reference: str = "none"
     num_workers: int = 4
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -359,11 +365,13 @@ _RANGES: dict[str, tuple[typing.Callable[[Config], bool], str]] = {
     "data.min_valid_frac": (lambda c: 0 <= c.data.min_valid_frac <= 1, "in [0, 1]"),
     "data.conf_thresh": (lambda c: math.isfinite(c.data.conf_thresh), "a finite score"),
     "data.lowpass_sigma": (lambda c: c.data.lowpass_sigma >= 0, ">= 0 frames"),
+    "data.reference": (lambda c: c.data.reference in ("none", "face", "head"), "none, face or head"),
     "data.num_workers": (lambda c: c.data.num_workers >= 0, ">= 0"),
     "threads": (lambda c: c.threads >= 0, ">= 0 (0 = torch's default)"),
     "data.augment.mirror_prob": (lambda c: 0 <= c.data.augment.mirror_prob <= 1, "in [0, 1]"),
     "data.augment.time_warp_max": (lambda c: 0 <= c.data.augment.time_warp_max < 1, "in [0, 1)"),
     "data.augment.dropout_prob": (lambda c: 0 <= c.data.augment.dropout_prob <= 1, "in [0, 1]"),
+    "data.augment.jitter_px": (lambda c: c.data.augment.jitter_px >= 0, ">= 0 px"),
     "model.width": (lambda c: c.model.width >= 1, ">= 1"),
     "model.heads": (lambda c: c.model.heads >= 1 and c.model.width % c.model.heads == 0,
                     "a divisor of model.width (each head gets width / heads channels)"),

@@ -99,11 +99,11 @@ def frame_units(sample: dict, num_chunks: int) -> torch.Tensor:
 def to_pixels(local: np.ndarray, sample: dict, stream: str = "parts") -> np.ndarray:
     """Chunked local coordinates (C, L, P, 2) -> a pose file array (T, 134, 3) in pixels.
 
-    Mapped back with the sample's true centres, unit and roll angle; score 1 where the source
-    point was observed, 0 elsewhere (so drawings skip what was never seen).
+    Mapped back with the sample's true centres, unit, roll angle and reference; score 1 where
+    the source point was observed, 0 elsewhere (so drawings skip what was never seen).
     """
     t = int(sample["num_frames"])
-    flat = local.reshape(-1, kp.NUM_STREAM_POINTS, 2)[:t]
+    flat = (local + sample["reference"][:, None]).reshape(-1, kp.NUM_STREAM_POINTS, 2)[:t]
     centres = sample["centres"].reshape(-1, len(kp.STREAMS), 2)[:t]
     size = tuple(float(v) for v in sample["size"])
     # a per-frame unit or angle (causal mode) covers the padded frames too: keep the real ones

@@ -21,7 +21,7 @@ import torch
 from src.config import Config
 from src.data import keypoints as kp
 from src.data.causal import CausalCleaner, CausalFrames, causal_centres, concat_frames
-from src.data.pose import chunk, normalise
+from src.data.pose import chunk, pose_references, normalise
 from src.inference import load_tokenizer, precision_context, to_pixels
 from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer
@@ -144,6 +144,7 @@ class StreamingTokenizer:
         self.pending_info: dict | None = None
         self.num_chunks = 0
         self.seen_rows = np.zeros(kp.NUM_ROWS, dtype=bool)   # rows seen in earlier chunks (centres)
+        self.reference_state: tuple[np.ndarray, np.ndarray] | None = None   # running sums of the reference pose
 
     def push(self, frames: np.ndarray) -> list[ChunkTokens]:
         """Frames ``[n, 134, 3]`` (pixels and scores, as the dataset stores them; n may be 0) ->
@@ -180,6 +181,11 @@ class StreamingTokenizer:
         self.seen_rows |= frames.conf.any(axis=0)
         x, frame_mask = chunk(normalise(frames.xy, centres, frames.unit), self.chunk_len)
         conf = chunk(frames.conf[:, kp.STREAM_ROWS], self.chunk_len)[0] & frame_mask[..., None]
+        reference = np.zeros((1,) + x.shape[2:], dtype=np.float32)
+        if self.cfg.data.reference != "none":
+            reference, self.reference_state = pose_references(
+                x, conf, kp.REFERENCE_POINTS[self.cfg.data.reference], self.reference_state)
+            x = x - reference[:, None]
         codes, decoded = step_chunk(self.model, x[0], conf[0], self.context, self.device, self.precision,
                                     decode=self.decode)
         self.context = None if decoded is None else decoded[:, -1]
@@ -189,7 +195,7 @@ class StreamingTokenizer:
         if self.decode:
             info = {"centres": chunk(centres, self.chunk_len)[0], "conf": conf, "num_frames": len(frames),
                     "unit": chunk(frames.unit, self.chunk_len)[0], "angle": chunk(frames.angle, self.chunk_len)[0],
-                    "size": np.array(self.cleaner.size, dtype=np.float32)}
+                    "size": np.array(self.cleaner.size, dtype=np.float32), "reference": reference}
             result.pose = to_pixels(decoded.cpu().numpy(), info)
             result.display = self._display(decoded, info)
         return result

@@ -169,6 +169,32 @@ def test_normalise_denormalise_round_trip():
         np.testing.assert_allclose(local, 0, atol=1e-5)
 
 
+@pytest.mark.parametrize("reference", ["face", "head"])
+def test_reference_is_the_sequence_mean_offline_and_the_past_mean_causally(reference):
+    raw = seq(4, 47, noise=True)
+    points = kp.REFERENCE_POINTS[reference]
+    others = np.setdiff1d(np.arange(kp.NUM_STREAM_POINTS), points)
+    assert len(points) == 68 + 7 * (reference == "head")
+    base = DataConfig(augment=NO_AUGMENT)
+    plain = make_sample(raw, base)
+    offline = make_sample(raw, dataclasses.replace(base, reference=reference))
+    # offline: one reference, the points' mean over the sequence, taken from every frame
+    ref = offline["reference"]
+    assert np.all(ref == ref[:1]) and not ref[:, others].any() and np.abs(ref[:, points]).max() > 0.5
+    w = offline["conf"][..., points, None]
+    np.testing.assert_allclose((offline["x"][:, :, points] * w).sum((0, 1)) / w.sum((0, 1)), 0, atol=1e-5)
+    np.testing.assert_array_equal(offline["x"][:, :, others], plain["x"][:, :, others])
+    np.testing.assert_allclose(offline["x"] + ref[:, None], plain["x"], atol=1e-6)
+    # causal: chunk c's reference is the mean up to its last frame; a different future changes no earlier one
+    causal = dataclasses.replace(base, reference=reference, causal=True)
+    first = make_sample(raw, causal)
+    changed = raw.copy()
+    changed[30:, list(kp.FACE), :2] += 5.0
+    second = make_sample(changed, causal)
+    np.testing.assert_array_equal(first["reference"][:3], second["reference"][:3])
+    assert not np.allclose(first["reference"][3:], second["reference"][3:])
+
+
 def test_upright_angle_levels_the_shoulders_and_rotate_inverts():
     pose = clean(seq(6, 30, noise=True), 0.3)
     size = pose.size
@@ -446,6 +472,21 @@ def test_collate_pads_chunks_with_masks_false():
     assert torch.equal(batch.x[0, :2], torch.from_numpy(samples[0]["x"]))
     assert batch.names == ["a", "b"] and batch.unit.dtype == torch.float32
     assert batch.frame_mask.dtype == torch.bool and batch.conf.dtype == torch.bool
+
+
+def test_jitter_augmentation_perturbs_the_input_and_keeps_the_clean_truth():
+    raw = seq(5, 60)
+    cfg = DataConfig(max_frames=40)
+    clean = make_sample(raw, cfg, np.random.default_rng(3))
+    jittered = make_sample(raw, dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, jitter_px=3.0)),
+                           np.random.default_rng(3))
+    assert "x_true" not in clean
+    np.testing.assert_array_equal(jittered["x_true"], clean["x"])        # same draws before the noise
+    np.testing.assert_array_equal(jittered["conf_true"], clean["conf"])
+    noise_px = (jittered["x"] - clean["x"])[clean["conf"]] * clean["unit"]
+    assert 0.1 < noise_px.std() < 3.0                                     # sigma drawn in [0, 3] px
+    batch = collate([{**jittered, "name": "a"}])
+    assert torch.equal(batch.truth()[0], batch.x_true) and not torch.equal(batch.x, batch.x_true)
 
 
 def test_training_augmentation_depends_on_seed_epoch_and_index(synth_root):

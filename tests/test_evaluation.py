@@ -139,21 +139,43 @@ def test_select_names_and_rejects_unknown():
         sh.select("scale_2")
 
 
-def test_truth_in_input_frame_maps_through_pixels(raw, tiny):
+@pytest.mark.parametrize("reference", ["none", "head"])
+def test_truth_in_input_frame_maps_through_pixels(raw, tiny, reference):
     _, cfg = tiny
-    data = dataclasses.replace(cfg.data, max_frames=0)
+    data = dataclasses.replace(cfg.data, max_frames=0, reference=reference)
     clean = make_sample(raw, data)
     same = truth_in_input_frame(clean, clean)
     assert np.allclose(same["x_true"], clean["x"], atol=1e-5) and np.array_equal(same["conf_true"], clean["conf"])
     noisy = make_sample(sh.SHIFTS["jitter_2px"].input(raw, "s"), data)
     mapped = truth_in_input_frame(clean, noisy)
     counts, size = [s.num_keypoints for s in kp.STREAMS], tuple(clean["size"])
-    # back to the picture's pixels, each through its own frame (centres, unit, roll)
-    pixels = rotate(mapped["x_true"] * noisy["unit"] + np.repeat(noisy["centres"], counts, axis=2),
-                    float(noisy["angle"]), size)
-    clean_px = rotate(clean["x"] * clean["unit"] + np.repeat(clean["centres"], counts, axis=2),
-                      float(clean["angle"]), size)
+    # back to the picture's pixels, each through its own frame (centres, unit, roll, reference)
+    def to_px(x, sample):
+        local = x + sample["reference"][:, None]
+        return rotate(local * sample["unit"] + np.repeat(sample["centres"], counts, axis=2), float(sample["angle"]), size)
+
+    pixels, clean_px = to_px(mapped["x_true"], noisy), to_px(clean["x"], clean)
     assert np.allclose(pixels, clean_px, atol=1e-3)  # the same pixels, expressed in the noisy input's frame
+
+
+def test_sequence_mean_oracle_is_exact_on_poses_still_within_each_sequence(report):
+    from src.metrics.recon import sequence_mean_oracle
+
+    g = torch.Generator().manual_seed(0)
+    poses = torch.randn(2, 1, 1, kp.NUM_STREAM_POINTS, 2, generator=g)      # one pose per sequence
+    x = torch.cat([poses[0].expand(3, 10, -1, -1), poses[1].expand(2, 10, -1, -1)])
+    sequence = torch.tensor([0, 0, 0, 1, 1])
+    conf = torch.ones(x.shape[:3], dtype=torch.bool)
+    conf[0, :5] = False
+    torch.testing.assert_close(sequence_mean_oracle(x, conf, sequence), x)
+    moved = x.clone()
+    moved[3:] += 1.0                                                         # sequence 1 moves once
+    moved[4] += 2.0
+    expected = x.clone()
+    expected[3:] = poses[1] + 2.0
+    torch.testing.assert_close(sequence_mean_oracle(moved, conf, sequence), expected)
+    reported = report["result"]["oracle_sequence_mean_px"]
+    assert set(reported) == set(kp.STREAM_NAMES) and all(v > 0 for v in reported.values())
 
 
 def test_shift_report_is_in_unshifted_pixels(tiny, report):

@@ -36,8 +36,13 @@ def raw(synth_root) -> np.ndarray:
     return raw
 
 
-def causal_cfg(cfg):
-    return dataclasses.replace(cfg.data, causal=True, max_frames=0)
+def causal_cfg(cfg, reference: str = "none"):
+    return dataclasses.replace(cfg.data, causal=True, max_frames=0, reference=reference)
+
+
+def with_reference(cfg, reference: str):
+    """The checkpoint's config with ``data.reference`` set (points coded relative to their running mean)."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, reference=reference))
 
 
 def stream_codes(tok: StreamingTokenizer, raw: np.ndarray, sizes) -> tuple[np.ndarray, list]:
@@ -49,9 +54,11 @@ def stream_codes(tok: StreamingTokenizer, raw: np.ndarray, sizes) -> tuple[np.nd
     return np.stack([o.codes for o in outs if o.codes is not None]), outs
 
 
-def test_pieces_equal_whole_equal_causal_offline_path(model_cfg, raw):
+@pytest.mark.parametrize("reference", ["none", "head"])
+def test_pieces_equal_whole_equal_causal_offline_path(model_cfg, raw, reference):
     model, cfg = model_cfg
-    sample = make_sample(raw, causal_cfg(cfg))
+    cfg = with_reference(cfg, reference)
+    sample = make_sample(raw, causal_cfg(cfg, reference))
     offline, _ = causal_codes(model, sample)
     tok = StreamingTokenizer(model, cfg)
     whole, _ = stream_codes(tok, raw, [])
@@ -136,9 +143,11 @@ def test_no_unit_ever_is_a_clear_error(raw):
     assert len(unit) == len(raw) and np.all(unit[:16] == unit[15])
 
 
-def test_causal_sample_maps_back_to_pixels(model_cfg, raw):
+@pytest.mark.parametrize("reference", ["none", "head"])
+def test_causal_sample_maps_back_to_pixels(model_cfg, raw, reference):
     _, cfg = model_cfg
-    sample = make_sample(raw, causal_cfg(cfg))
+    sample = make_sample(raw, causal_cfg(cfg, reference))
+    assert np.any(sample["reference"]) == (reference != "none")
     assert sample["unit"].shape == sample["frame_mask"].shape and np.ptp(sample["unit"][sample["frame_mask"]]) > 0
     px = to_pixels(sample["x"], sample)
     seen = np.zeros((len(raw), kp.NUM_ROWS), bool)
@@ -160,15 +169,17 @@ def test_metrics_use_per_frame_units(model_cfg, raw):
     assert torch.equal(line[0, :, 0, 0], batch.unit[0].flatten())
 
 
-def test_decoded_pose_and_stitched_display(model_cfg, raw):
+@pytest.mark.parametrize("reference", ["none", "head"])
+def test_decoded_pose_and_stitched_display(model_cfg, raw, reference):
     model, cfg = model_cfg
+    cfg = with_reference(cfg, reference)
     tok = StreamingTokenizer(model, cfg, decode=True)
     outs = tok.push(raw) + tok.flush()
     assert sum(o.pose.shape[0] for o in outs if o.pose is not None) == len(raw)
     shown = np.concatenate([o.display for o in outs if o.display is not None])
     assert shown.shape == (len(raw), kp.NUM_ROWS, 3)
     # the same as stitching the whole decoded sequence offline
-    sample = make_sample(raw, causal_cfg(cfg))
+    sample = make_sample(raw, causal_cfg(cfg, reference))
     _, recon = causal_codes(model, sample)
     stitched = stitch_chunks(torch.from_numpy(recon), torch.ones(1, len(recon), dtype=torch.bool)).numpy()
     np.testing.assert_allclose(shown, to_pixels(stitched, sample), atol=1e-3)

@@ -110,6 +110,21 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(synth_root, tmp_path, mon
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def test_jittered_training_scores_the_clean_pose(synth_root, tmp_path, monkeypatch):
+    # noise of up to 5000 px: a target taken from the input would be far outside the pose's range
+    cfg = tiny_config(synth_root, tmp_path, "train.epochs=1", "train.token_samples_every=0",
+                      "data.augment.jitter_px=5000")
+    real, seen = loop.compute_losses, []
+
+    def spy(out, target, *args, **kwargs):
+        seen.append(float(target.abs().max()))
+        return real(out, target, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "compute_losses", spy)
+    train(cfg)
+    assert seen and max(seen) < 100   # local units: a pose spans ~+-30
+
+
 def test_overfit_check_shows_learning(synth_root, tmp_path):
     """Learning, not just running: 80 steps on 4 sequences cut the reconstruction loss below 0.3x
     (0.20-0.23x over seeds 42, 1, 2)."""

@@ -15,8 +15,8 @@ from src.config import DataConfig
 from src.data import keypoints as kp
 from src.data.causal import causal_centres, causal_clean, time_warp_raw
 from src.data.pose import (
-    CleanPose, chunk, clean, denormalise, flat_values, frame_unit, normalise, rotate, stream_centres, unit_length,
-    upright_angle,
+    CleanPose, chunk, clean, denormalise, pose_references, flat_values, frame_unit, normalise, rotate, stream_centres,
+    unit_length, upright_angle,
 )
 from src.data.source import DataError, PoseSource, read_json, scan_split, split_names
 from src.data.transforms import keypoint_dropout, mirror, part_dropout, random_crop, time_warp
@@ -31,7 +31,9 @@ def make_sample(raw: np.ndarray, cfg: DataConfig, rng: np.random.Generator | Non
     Returns ``x`` (C, L, P, 2), ``conf`` (C, L, P) with P = 242 stream points, ``frame_mask`` (C, L),
     ``centres`` (C, L, 5, 2) in pixels of the upright picture, the ``unit`` in pixels and
     the ``angle`` (radians) that turns the upright picture back into the input's: one number
-    each, or one per frame (C, L) with ``cfg.causal`` (src/data/causal.py).
+    each, or one per frame (C, L) with ``cfg.causal`` (src/data/causal.py); and the
+    ``reference`` (C, P, 2) already taken from ``x`` (the mean pose of ``cfg.reference``'s
+    points, else 0).
     """
     aug = cfg.augment
     if rng is not None:
@@ -53,16 +55,30 @@ def make_sample(raw: np.ndarray, cfg: DataConfig, rng: np.random.Generator | Non
         pose, angle = mirror(pose), -angle
     centres = causal_centres(pose.xy, pose.conf) if cfg.causal else stream_centres(pose.xy, pose.conf)
     x, frame_mask = chunk(normalise(pose.xy, centres, unit), cfg.chunk_len)
-    conf, _ = chunk(pose.conf[:, kp.STREAM_ROWS], cfg.chunk_len)
-    return {
+    conf = chunk(pose.conf[:, kp.STREAM_ROWS], cfg.chunk_len)[0] & frame_mask[..., None]
+    reference = np.zeros((x.shape[0],) + x.shape[2:], dtype=np.float32)
+    if cfg.reference != "none":
+        reference, _ = pose_references(x, conf, kp.REFERENCE_POINTS[cfg.reference])
+        if not cfg.causal:
+            reference[:] = reference[-1]   # the whole sequence's mean
+        x = x - reference[:, None]
+    out = {}
+    if rng is not None and aug.jitter_px > 0:
+        # the model sees a jittered input and is scored against the clean pose (x_true)
+        sigma = rng.uniform(0, aug.jitter_px) / np.asarray(unit, np.float32)
+        noise = rng.standard_normal(x.shape, dtype=np.float32) * np.reshape(sigma, np.shape(sigma) + (1, 1))
+        out = {"x_true": x, "conf_true": conf}
+        x = x + noise
+    return out | {
         "x": x,
-        "conf": conf & frame_mask[..., None],
+        "conf": conf,
         "frame_mask": frame_mask,
         "centres": chunk(centres, cfg.chunk_len)[0],
         "unit": chunk(unit, cfg.chunk_len)[0] if cfg.causal else np.float32(unit),
         "angle": chunk(angle, cfg.chunk_len)[0] if cfg.causal else np.float32(angle),
         "num_frames": pose.xy.shape[0],
         "size": np.array(pose.size, dtype=np.float32),
+        "reference": reference,
     }
 
 
@@ -83,22 +99,23 @@ def truth_in_input_frame(truth: dict, sample: dict) -> dict[str, np.ndarray]:
     """The ground truth of a sample whose input was perturbed (e.g. jittered), in the input's
     local frame: ``x_true`` (C, L, P, 2) and ``conf_true`` (C, L, P).
 
-    The model codes the input relative to the input's centres, unit and roll, so the truth is
-    mapped to pixels with its own frame and back with the input's; points count where both
+    The model codes the input relative to the input's centres, unit, roll and reference, so the
+    truth is mapped to pixels with its own frame and back with the input's; points count where both
     were observed. Both samples must cover the same frames (no crop, no augmentation).
     """
     if truth["x"].shape != sample["x"].shape:
         raise DataError(f"truth and input differ in shape: {truth['x'].shape} vs {sample['x'].shape}")
     flat = (-1,) + truth["x"].shape[2:]
     centres_in = sample["centres"].reshape(-1, *sample["centres"].shape[2:])
-    pixels = denormalise(truth["x"].reshape(flat), truth["centres"].reshape(centres_in.shape),
+    local = truth["x"] + truth["reference"][:, None]
+    pixels = denormalise(local.reshape(flat), truth["centres"].reshape(centres_in.shape),
                          flat_values(truth["unit"]))
     # from the truth's upright picture to the input's (each turned by its own roll angle)
     angle = flat_values(truth["angle"]) - flat_values(sample["angle"])
     pixels = rotate(pixels, angle, tuple(float(v) for v in sample["size"]))
     origin = denormalise(np.zeros_like(pixels), centres_in, 1.0)  # each point's input centre
     x_true = (pixels - origin) / frame_unit(flat_values(sample["unit"]))
-    x_true = x_true.astype(np.float32).reshape(sample["x"].shape)
+    x_true = x_true.astype(np.float32).reshape(sample["x"].shape) - sample["reference"][:, None]
     return {"x_true": x_true, "conf_true": truth["conf"] & sample["conf"]}
 
 

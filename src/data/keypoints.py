@@ -74,6 +74,17 @@ STREAM_SLICES = stream_offsets()
 STREAM_ROWS = np.array([r for s in STREAMS for r in s.rows])  # (242,) rows of the concatenated axis
 NUM_STREAM_POINTS = len(STREAM_ROWS)
 
+# What ``data.reference`` codes relative to its own mean pose: the face, and with "head" also the
+# body's head and shoulders. Their mean pose is the signer's build and the estimator's model; the
+# arms are left out, since where the hands are over a sentence is part of what is signed.
+REFERENCE_POINTS = {
+    "none": np.zeros(0, dtype=np.int64),
+    "face": np.arange(STREAM_SLICES["F"].start, STREAM_SLICES["F"].stop),
+    "head": np.concatenate([np.arange(STREAM_SLICES["F"].start, STREAM_SLICES["F"].stop),
+                            [STREAM_SLICES["B"].start + STREAM_BY_NAME["B"].rows.index(r)
+                             for r in (NOSE, L_EYE, R_EYE, L_EAR, R_EAR, L_SHOULDER, R_SHOULDER)]]),
+}
+
 # Unit length of normalisation: pairs of rows whose distance is measured per frame. The
 # unit is the shoulder width / 10.6, in "eyelid units" as before (10.6 = median shoulder width
 # / eyelid width over the real sample): the eyelid is a few pixels wide and each estimator's

@@ -242,6 +242,29 @@ def denormalise(x: np.ndarray, centres: np.ndarray, unit: float | np.ndarray) ->
     return x * frame_unit(unit) + _per_point_centres(centres)
 
 
+def pose_references(x: np.ndarray, conf: np.ndarray, points: np.ndarray,
+                    state: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Each chunk's reference pose of ``points`` (indices of the P stream points): the mean of
+    their observed local coordinates over every frame up to the chunk's last one.
+
+    x (C, L, P, 2) local units, conf (C, L, P) -> references (C, P, 2), zero at other points,
+    and the running (sums, counts) to pass with the next chunks of the same sequence. The sums
+    run chunk by chunk in float64, so chunks given one at a time (streaming) or all at once
+    give the same references bit for bit.
+    """
+    if state is None:
+        state = (np.zeros((len(points), 2)), np.zeros(len(points)))
+    sums, counts = (a.copy() for a in state)
+    refs = np.zeros((x.shape[0],) + x.shape[2:], dtype=np.float32)
+    for c in range(x.shape[0]):
+        w = conf[c][:, points]
+        sums += (x[c][:, points] * w[..., None]).sum(0, dtype=np.float64)
+        counts += w.sum(0, dtype=np.float64)
+        refs[c, points] = sums / np.maximum(counts, 1.0)[:, None]
+    return refs, (sums, counts)
+
+
 def to_rows(points: np.ndarray, stream: str = "parts") -> np.ndarray:
     """Stream-concatenated pixels (T, P, 2) -> file layout (T, 134, 2), feet and size row 0.
 

@@ -18,7 +18,7 @@ from src.data.dataset import Batch
 from src.losses import compute_losses, to_timeline
 from src.metrics.codebook import code_counts, code_label, usage_stats
 from src.metrics.holds import annotated_hold_chunks, hold_token_sums, motion_hold_chunks
-from src.metrics.recon import chunk_linear_oracle, chunk_mean_oracle, mpjpe_sums
+from src.metrics.recon import chunk_linear_oracle, chunk_mean_oracle, mpjpe_sums, sequence_mean_oracle
 from src.metrics.temporal import adjacent_chunk_changes, boundary_jump_sums, frame_motion_sums, timeline_px
 from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer
@@ -80,6 +80,8 @@ class Evaluator:
         self._add("mpjpe_chunkwise_px", *mpjpe_sums(chunkwise, x, conf, units))
         self._add("oracle_chunk_mean_px", *mpjpe_sums(chunk_mean_oracle(x, conf), x, conf, units))
         self._add("oracle_chunk_linear_px", *mpjpe_sums(chunk_linear_oracle(x, conf), x, conf, units))
+        sequence = torch.arange(cm.shape[0], device=cm.device)[:, None].expand_as(cm)[cm]
+        self._add("oracle_sequence_mean_px", *mpjpe_sums(sequence_mean_oracle(x, conf, sequence), x, conf, units))
         rec, gt = timeline_px(recon, cm, batch.unit), timeline_px(x, cm, batch.unit)
         mask, chunk_len = to_timeline(conf, cm), x.shape[1]
         self._add("motion_gt_px", *frame_motion_sums(gt, mask))
@@ -162,6 +164,7 @@ class Evaluator:
             out["mpjpe_chunkwise_px"] = self._per_stream("mpjpe_chunkwise_px")
             out["oracle_chunk_mean_px"] = self._per_stream("oracle_chunk_mean_px")
             out["oracle_chunk_linear_px"] = self._per_stream("oracle_chunk_linear_px")
+            out["oracle_sequence_mean_px"] = self._per_stream("oracle_sequence_mean_px")
             out["temporal"] = self._temporal()
             out["tokens"] = self._tokens()
             out["holds"] = self._holds()

@@ -1,4 +1,4 @@
-"""Reconstruction error in pixels, and the two per-chunk oracles every figure reads against."""
+"""Reconstruction error in pixels, and the oracles every figure reads against (per chunk, per sequence)."""
 from __future__ import annotations
 
 import torch
@@ -31,6 +31,18 @@ def chunk_mean_oracle(target: torch.Tensor, conf: torch.Tensor) -> torch.Tensor:
     w = _weights(conf)
     mean = (target * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1e-9)
     return mean.expand_as(target).to(target.dtype)
+
+
+def sequence_mean_oracle(target: torch.Tensor, conf: torch.Tensor, sequence: torch.Tensor) -> torch.Tensor:
+    """Every chunk replaced by its sequence's exact mean pose: what one pose per sequence as
+    side information gives with no code at all. ``sequence`` (N,) is each chunk's sequence index."""
+    w = _weights(conf)
+    num = int(sequence.max()) + 1 if sequence.numel() else 0
+    sums = torch.zeros((num,) + target.shape[2:], dtype=torch.float64, device=target.device)
+    counts = torch.zeros((num,) + w.shape[2:], dtype=torch.float64, device=target.device)
+    sums.index_add_(0, sequence, (target * w).sum(1))
+    counts.index_add_(0, sequence, w.sum(1))
+    return (sums / counts.clamp_min(1e-9))[sequence, None].expand_as(target).to(target.dtype)
 
 
 def chunk_linear_oracle(target: torch.Tensor, conf: torch.Tensor) -> torch.Tensor:

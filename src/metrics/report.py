@@ -55,6 +55,7 @@ def table(report: dict) -> str:
             ("  chunkwise, unstitched",) + _cells(r["mpjpe_chunkwise_px"]),
             ("oracle chunk mean",) + _cells(r["oracle_chunk_mean_px"]),
             ("oracle chunk line",) + _cells(r["oracle_chunk_linear_px"]),
+            ("oracle sequence mean",) + _cells(r["oracle_sequence_mean_px"]),
             ("jump / GT motion",) + _cells(r["temporal"]["jump_ratio"]),
             ("  chunkwise, unstitched",) + _cells(r["temporal"]["jump_ratio_chunkwise"]),
             ("chunk change rec p50",) + _cells({k: v["p50"] for k, v in r["temporal"]["chunk_change_rec_px"].items()}),

@@ -100,10 +100,11 @@ def train_step(forward_model: torch.nn.Module, model: torch.nn.Module, optimizer
     the parameters that are clipped.
     """
     x, conf = batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask]
+    target, target_conf = (t[batch.chunk_mask] for t in batch.truth())   # clean pose under input jitter
     device = x.device
     with autocast(device, cfg):
         out = forward_model(x, conf, batch.chunk_mask)
-        losses = compute_losses(out, x, conf, batch.chunk_mask, cfg.loss, cfg.model.rvq.commitment_beta,
+        losses = compute_losses(out, target, target_conf, batch.chunk_mask, cfg.loss, cfg.model.rvq.commitment_beta,
                                 cfg.model.stitch)
     if check is not None:
         check(losses)
