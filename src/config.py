@@ -52,7 +52,7 @@ class DataConfig:
     # none | face | head: points coded relative to their own mean pose, side information as the
     # centres (the face; "head" adds the body's head and shoulders). The mean is over the sequence,
     # or in the causal mode over every frame up to each chunk's last (docs/design.md).
-    reference: str = "none"
+    reference: str = "head"
     num_workers: int = 4
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
