@@ -175,7 +175,7 @@ def test_reference_is_the_sequence_mean_offline_and_the_past_mean_causally(refer
     points = kp.REFERENCE_POINTS[reference]
     others = np.setdiff1d(np.arange(kp.NUM_STREAM_POINTS), points)
     assert len(points) == 68 + 7 * (reference == "head")
-    base = DataConfig(augment=NO_AUGMENT)
+    base = DataConfig(augment=NO_AUGMENT, reference="none")
     plain = make_sample(raw, base)
     offline = make_sample(raw, dataclasses.replace(base, reference=reference))
     # offline: one reference, the points' mean over the sequence, taken from every frame

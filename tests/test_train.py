@@ -61,6 +61,15 @@ def test_resume_is_exact(synth_root, tmp_path):
     assert not torch.allclose(mid["decoder.heads.LH.weight"], b["decoder.heads.LH.weight"])
 
 
+def test_checkpoint_from_before_reference_poses_reads_as_none(tiny_checkpoint):
+    from src.train.checkpoint import config_from_checkpoint
+
+    state = load_checkpoint(tiny_checkpoint)
+    assert config_from_checkpoint(state).data.reference == state["config"]["data"]["reference"]
+    del state["config"]["data"]["reference"]
+    assert config_from_checkpoint(state).data.reference == "none"
+
+
 def test_mismatched_checkpoint_names_file_and_keys(tiny_checkpoint, synth_root, tmp_path):
     cfg = tiny_config(synth_root, tmp_path, "model.width=32", "model.rvq.codebook_size=32")
     with pytest.raises(CheckpointError) as err:

@@ -96,9 +96,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def config_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint") -> Config:
-    """Rebuild the config the checkpoint was trained with."""
+    """Rebuild the config the checkpoint was trained with.
+
+    A checkpoint saved before ``data.reference`` existed coded every point without a reference
+    pose: it reads as ``none``, not as today's default.
+    """
+    values = dict(state["config"])
+    values["data"] = {"reference": "none", **values.get("data", {})}
     try:
-        return from_dict(state["config"])
+        return from_dict(values)
     except ConfigError as e:
         raise CheckpointError(f"{path}: stored config does not fit this version ({e})") from None
 
