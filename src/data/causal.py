@@ -35,14 +35,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from src.data import keypoints as kp
-from src.data.pose import (
-    CleanPose, centre_rows, observed_mask, pair_lengths, rotate, shoulder_angles, unit_from_medians, video_size,
-)
+from src.data.pose import CleanPose, centre_rows, observed_mask, rotate, unit_from_medians, video_size
 from src.data.source import DataError
 from src.data.transforms import time_warp
 
 # Row pairs whose length is measured per frame: every one ``unit_length`` may fall back on.
 _LENGTHS = (kp.SHOULDER_WIDTH, kp.LEFT_EYELID, kp.RIGHT_EYELID, *(pair for pair, _ in kp.UNIT_FALLBACKS))
+# Their rows as index arrays, so that one frame's lengths are one vectorised difference.
+_FROM, _TO = (np.array(rows) for rows in zip(*_LENGTHS))
 
 
 class RunningMedian:
@@ -134,7 +134,7 @@ class CausalCleaner:
         for t in range(raw.shape[0]):
             first = conf[t] & ~self.seen
             self.seen |= conf[t]
-            self.last_xy = np.where(conf[t, :, None], raw[t, :, :2], self.last_xy).astype(np.float32)
+            self.last_xy = np.where(conf[t, :, None], raw[t, :, :2], self.last_xy)   # float32, as raw
             if self.kernel is None:
                 out[t] = self.last_xy
                 continue
@@ -151,13 +151,23 @@ class CausalCleaner:
         return out, conf
 
     def _measure(self, xy: np.ndarray, conf: np.ndarray) -> None:
-        """Add one frame's lengths and shoulder angle to the running medians."""
-        frame_xy, frame_conf = xy[None], conf[None]
-        for pair in _LENGTHS:
-            for d in pair_lengths(frame_xy, frame_conf, pair).tolist():
-                self.lengths[pair].add(d)
-        for a in shoulder_angles(frame_xy, frame_conf).tolist():
-            self.angles.add(a)
+        """Add one frame's lengths and shoulder angle to the running medians.
+
+        The values of ``pose.pair_lengths`` and ``pose.shoulder_angles`` bit for bit (the same
+        float32 difference, sum of squares and square root; the shoulder pair comes first in
+        ``_LENGTHS`` and its difference is the shoulder line), for every pair in one go: the
+        per-pair calls were the largest part of a streamed frame's preprocessing.
+        """
+        both = conf[_FROM] & conf[_TO]
+        if not both.any():
+            return
+        d = xy[_FROM[both]] - xy[_TO[both]]                     # (pairs seen, 2)
+        lengths = np.sqrt(np.add.reduce(d * d, axis=-1))       # np.linalg.norm(d, axis=-1)
+        for pair, length in zip((p for p, seen in zip(_LENGTHS, both) if seen), lengths.tolist()):
+            self.lengths[pair].add(length)
+        if both[0]:
+            for a in np.arctan2(d[:1, 1], d[:1, 0]).tolist():
+                self.angles.add(a)
 
     def push(self, raw: np.ndarray) -> CausalFrames:
         """Raw frames ``[n, 134, 3]`` (pixels, scores) -> the frames whose estimates are now known."""
@@ -192,8 +202,10 @@ class CausalCleaner:
         """Released frames rotated upright (elementwise per frame: the same result in any batch)."""
         if not released:
             return CausalFrames.empty()
-        xy = np.stack([f[0] for f, _, _ in released])
-        conf = np.stack([f[1] for f, _, _ in released])
+        frames = [f for f, _, _ in released]
+        # one frame (a stream pushed frame by frame) needs no stacking, only a leading axis
+        xy = frames[0][0][None] if len(frames) == 1 else np.stack([xy for xy, _ in frames])
+        conf = frames[0][1][None] if len(frames) == 1 else np.stack([c for _, c in frames])
         unit = np.array([u for _, u, _ in released], np.float32)
         angle = np.array([a for _, _, a in released], np.float32)
         return CausalFrames(rotate(xy, -angle, self.size), conf, unit, angle)
