@@ -324,6 +324,19 @@ class _LevelLosses(torch.autograd.Function):
         return grad_x, None, None, None, None, None
 
 
+class _StraightThrough(torch.autograd.Function):
+    """The value of ``value + (x - x.detach())`` (``value`` itself) and its gradient (the
+    identity to x), without the two (G, N, D) temporaries of writing it so."""
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return value.clone() if value.requires_grad else value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, grad
+
+
 def _runs(on: list[bool]) -> list[slice]:
     """The runs of consecutive True entries, as slices: [F, T, T, T, F] -> [slice(1, 4)]."""
     starts = [i for i, v in enumerate(on) if v and (i == 0 or not on[i - 1])]
@@ -374,11 +387,11 @@ class ResidualQuantizer(nn.Module):
         """z (G, N, D) -> quantized (G, N, D). ``num_active`` (N,) levels per row (quantizer dropout).
 
         Each level's codeword is detached and one straight-through estimator is applied at
-        the end (the EnCodec/audiocraft fix), written as ``out + (x - x.detach())`` so the
-        value is exactly the sum of codewords, bit for bit equal to ``decode(codes)``.
+        the end (the EnCodec/audiocraft fix), with the value of ``out + (x - x.detach())``:
+        exactly the sum of codewords, bit for bit equal to ``decode(codes)``.
         """
         x = self.prepare(z)
-        residual, out = x, torch.zeros_like(x)
+        residual, out = x, None
         codes, commits, usages = [], [], []
         for i, level in enumerate(self.levels):
             active = None if num_active is None else num_active > i
@@ -389,13 +402,14 @@ class ResidualQuantizer(nn.Module):
             if not bool(on.all()):
                 q, c = q * on[:, None, None].to(q.dtype), torch.where(on[:, None], c, -1)
                 commit, usage = commit * on, usage * on
-            residual = residual - q
-            out = out + q
+            if i + 1 < len(self.levels):
+                residual = residual - q
+            out = q if out is None else out + q   # 0 + q is q: the first level needs no zeros
             codes.append(c)
             commits.append(commit)
             usages.append(usage)
         depth = self.group_levels.to(x.dtype)
-        return QuantizedResult(out + (x - x.detach()), torch.stack(codes, -1),
+        return QuantizedResult(_StraightThrough.apply(out, x), torch.stack(codes, -1),
                                torch.stack(commits).sum(0) / depth, torch.stack(usages).sum(0) / depth)
 
     @torch.no_grad()
