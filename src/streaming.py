@@ -138,7 +138,8 @@ class StreamingTokenizer:
     def reset(self) -> None:
         """Start a new sequence."""
         d = self.cfg.data
-        self.cleaner = CausalCleaner(d.conf_thresh, d.lowpass_sigma, d.causal_warmup)
+        # unrotated frames: a chunk is rotated upright at once (_chunk), not frame by frame
+        self.cleaner = CausalCleaner(d.conf_thresh, d.lowpass_sigma, d.causal_warmup, upright=False)
         self.rle = OnlineRLE(self.cfg.export.max_run, self.cfg.export.enable_rle)
         self.ready: list[CausalFrames] = []   # cleaned frames not yet in a complete chunk
         self.num_ready = 0                    # frames in ``ready``
@@ -185,6 +186,7 @@ class StreamingTokenizer:
 
     def _chunk(self, frames: CausalFrames) -> ChunkTokens:
         """Normalise one chunk's frames exactly as ``make_sample`` does, then ``model.step``."""
+        frames = self.cleaner.to_upright(frames)
         centres = causal_centres(frames.xy, frames.conf, self.seen_rows)
         self.seen_rows |= frames.conf.any(axis=0)
         x, frame_mask = chunk(normalise(frames.xy, centres, frames.unit), self.chunk_len)

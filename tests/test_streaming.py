@@ -163,6 +163,22 @@ def test_warmup_and_pieces_of_the_cleaner(raw):
     np.testing.assert_array_equal(np.concatenate([first.unit, rest.unit]), unit)
 
 
+def test_a_chunk_rotated_at_once_equals_frames_rotated_one_by_one(raw):
+    """The stream rotates a whole chunk upright at once (upright=False, to_upright): the same
+    values as the cleaner rotating each frame as it is released."""
+    tilted = raw.copy()
+    centre = np.array([256.0, 256.0], np.float32)
+    c, s = np.cos(0.2), np.sin(0.2)
+    d = tilted[:, 1:, :2] - centre
+    tilted[:, 1:, :2] = np.stack([d[..., 0] * c - d[..., 1] * s, d[..., 0] * s + d[..., 1] * c], -1) + centre
+    each, whole = CausalCleaner(0.3, 0.0, warmup=10), CausalCleaner(0.3, 0.0, warmup=10, upright=False)
+    by_frame = concat_frames([each.push(tilted[i:i + 1]) for i in range(len(tilted))] + [each.flush()])
+    unrotated = concat_frames([whole.push(tilted[i:i + 1]) for i in range(len(tilted))] + [whole.flush()])
+    assert np.abs(by_frame.angle).max() > 0.1                         # the rotation is exercised
+    assert not np.array_equal(unrotated.xy, by_frame.xy)
+    np.testing.assert_array_equal(whole.to_upright(unrotated).xy, by_frame.xy)
+
+
 def test_no_unit_ever_is_a_clear_error(raw):
     blind = raw.copy()
     blind[..., 2] = 0

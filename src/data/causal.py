@@ -103,8 +103,11 @@ class CausalCleaner:
     """
 
     def __init__(self, conf_thresh: float, lowpass_sigma: float = 0.0, warmup: int = 10,
-                 size: tuple[float, float] | None = None):
+                 size: tuple[float, float] | None = None, upright: bool = True):
         self.conf_thresh, self.warmup, self.size = conf_thresh, max(1, warmup), size
+        # upright=False: frames come out unrotated, for the caller to rotate a whole chunk at
+        # once with ``to_upright`` (rotation is elementwise per frame: the same values).
+        self.upright = upright
         self.kernel = causal_kernel(lowpass_sigma) if lowpass_sigma > 0 else None
         self.last_xy = np.zeros((kp.NUM_ROWS, 2), np.float32)   # last observation of each point
         self.seen = np.zeros(kp.NUM_ROWS, bool)                   # observed at least once
@@ -199,7 +202,8 @@ class CausalCleaner:
         return out
 
     def _upright(self, released: list) -> CausalFrames:
-        """Released frames rotated upright (elementwise per frame: the same result in any batch)."""
+        """Released frames, rotated upright unless ``upright`` is off (elementwise per frame: the
+        same result in any batch)."""
         if not released:
             return CausalFrames.empty()
         frames = [f for f, _, _ in released]
@@ -208,7 +212,12 @@ class CausalCleaner:
         conf = frames[0][1][None] if len(frames) == 1 else np.stack([c for _, c in frames])
         unit = np.array([u for _, u, _ in released], np.float32)
         angle = np.array([a for _, _, a in released], np.float32)
-        return CausalFrames(rotate(xy, -angle, self.size), conf, unit, angle)
+        frames = CausalFrames(xy, conf, unit, angle)
+        return self.to_upright(frames) if self.upright else frames
+
+    def to_upright(self, frames: CausalFrames) -> CausalFrames:
+        """Frames of an ``upright=False`` cleaner rotated upright, as ``push`` gives them by default."""
+        return CausalFrames(rotate(frames.xy, -frames.angle, self.size), frames.conf, frames.unit, frames.angle)
 
     def flush(self) -> CausalFrames:
         """The frames still waiting at the end of the sequence (a warm-up not completed).
