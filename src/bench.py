@@ -158,8 +158,9 @@ def analytic_flops(cfg: ModelConfig, chunk_len: int) -> dict[str, float]:
     Per stream: input projection 2*(3K)*W_in*L; per layer qkv 2*L*W*3W, attention scores
     and weighted sum 2*2*L*L*W, output projection 2*L*W*W, MLP 2*2*L*W*(mlp_ratio*W);
     output projection 2*W*latent (2*L*W*latent for a flatten-pooled stream); with the linear
-    path 2*(2K*L)*latent more. Quantizer:
-    levels x 2*latent*codebook_size per stream. Norms, softmax, GELU and the attention
+    path 2*(2K*L)*latent more. Quantizer: 2*(latent/splits)*codebook_size per code a
+    chunk has (each stream's levels x splits: a level a stream does not code is not
+    compared). Norms, softmax, GELU and the attention
     pooling's dot products are left out (< 1%).
     """
     w, length, s = cfg.width, chunk_len, len(kp.STREAMS)
@@ -171,7 +172,7 @@ def analytic_flops(cfg: ModelConfig, chunk_len: int) -> dict[str, float]:
     encoder = inputs + s * cfg.enc_layers * layer + 2 * pooled * cfg.latent_dim
     if cfg.linear_path:
         encoder += sum(2 * 2 * st.num_keypoints * length * cfg.latent_dim for st in kp.STREAMS)
-    quantizer = s * cfg.rvq.levels * 2 * cfg.latent_dim * cfg.rvq.codebook_size
+    quantizer = cfg.rvq.codes_per_chunk * 2 * cfg.latent_dim // cfg.rvq.splits * cfg.rvq.codebook_size
     return {"encoder": float(encoder), "quantizer": float(quantizer)}
 
 

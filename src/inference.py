@@ -5,6 +5,7 @@ A checkpoint carries its config, so ``load_tokenizer(path)`` is all a command ne
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,25 @@ def precision_context(device: str | torch.device, precision: str = "fp32") -> co
     if precision != "fp32":
         raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
     return contextlib.nullcontext()
+
+
+def bf16_weights(model: SignTokenizer) -> SignTokenizer:
+    """A copy of ``model`` whose linear layers hold their weights and biases in bf16; every
+    other tensor (codebooks, norms, embeddings) is shared, not copied.
+
+    Under ``precision_context(device, "bf16")`` it computes exactly what ``model`` does, bit
+    for bit: autocast rounds the same fp32 weights to the same bf16 values, but on every call.
+    For one streamed chunk that re-cast of all weights made bf16 slower than fp32. The copy
+    holds the weights of the moment it is made.
+    """
+    linear = {id(t) for m in model.modules() if isinstance(m, torch.nn.Linear) for t in m.parameters()}
+    shared = {id(t): t for t in [*model.parameters(), *model.buffers()] if id(t) not in linear}
+    twin = copy.deepcopy(model, memo=shared)
+    for m in twin.modules():
+        if isinstance(m, torch.nn.Linear):
+            for name, p in list(m.named_parameters(recurse=False)):
+                setattr(m, name, torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False))
+    return twin
 
 
 @torch.no_grad()

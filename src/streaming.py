@@ -21,8 +21,8 @@ import torch
 from src.config import Config
 from src.data import keypoints as kp
 from src.data.causal import CausalCleaner, CausalFrames, causal_centres, concat_frames
-from src.data.pose import chunk, pose_references, normalise
-from src.inference import load_tokenizer, precision_context, to_pixels
+from src.data.pose import chunk, normalise, pose_references
+from src.inference import bf16_weights, load_tokenizer, precision_context, to_pixels
 from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer
 from src.tokens.rle import NC
@@ -89,7 +89,7 @@ class ChunkTokens:
     display: np.ndarray | None = None       # frames finalised by border stitching now (pixels)
 
 
-@torch.no_grad()
+@torch.inference_mode()   # as no_grad, with less bookkeeping per op (~5% of a streamed chunk)
 def step_chunk(model: SignTokenizer, x: np.ndarray, conf: np.ndarray, context: torch.Tensor | None,
                device: str | torch.device = "cpu", precision: str = "fp32",
                decode: bool = True) -> tuple[np.ndarray, torch.Tensor | None]:
@@ -122,6 +122,8 @@ class StreamingTokenizer:
                  precision: str | None = None, decode: bool = False):
         self.model, self.cfg, self.device = model.eval(), cfg, device
         self.precision = precision or cfg.export.precision
+        # bf16: the same computation, with the linear weights cast once rather than per chunk
+        self.step_model = bf16_weights(self.model) if self.precision == "bf16" else self.model
         self.decode = decode
         self.chunk_len = cfg.data.chunk_len
         self.reset()
@@ -136,9 +138,11 @@ class StreamingTokenizer:
     def reset(self) -> None:
         """Start a new sequence."""
         d = self.cfg.data
-        self.cleaner = CausalCleaner(d.conf_thresh, d.lowpass_sigma, d.causal_warmup)
+        # unrotated frames: a chunk is rotated upright at once (_chunk), not frame by frame
+        self.cleaner = CausalCleaner(d.conf_thresh, d.lowpass_sigma, d.causal_warmup, upright=False)
         self.rle = OnlineRLE(self.cfg.export.max_run, self.cfg.export.enable_rle)
         self.ready: list[CausalFrames] = []   # cleaned frames not yet in a complete chunk
+        self.num_ready = 0                    # frames in ``ready``
         self.context: torch.Tensor | None = None
         self.pending_display: torch.Tensor | None = None  # last decoded chunk (1, L, P, 2), second half unshown
         self.pending_info: dict | None = None
@@ -149,13 +153,19 @@ class StreamingTokenizer:
     def push(self, frames: np.ndarray) -> list[ChunkTokens]:
         """Frames ``[n, 134, 3]`` (pixels and scores, as the dataset stores them; n may be 0) ->
         the tokens of every chunk they complete."""
-        self.ready.append(self.cleaner.push(frames))
+        part = self.cleaner.push(frames)
+        if len(part):
+            self.ready.append(part)
+            self.num_ready += len(part)
+        if self.num_ready < self.chunk_len:   # most pushes of a live stream: no chunk completed yet
+            return []
         frames_ready = concat_frames(self.ready)
         out = []
         full = len(frames_ready) // self.chunk_len * self.chunk_len
         for start in range(0, full, self.chunk_len):
             out.append(self._chunk(_take(frames_ready, slice(start, start + self.chunk_len))))
         self.ready = [_take(frames_ready, slice(full, None))]
+        self.num_ready = len(frames_ready) - full
         return out
 
     def flush(self) -> list[ChunkTokens]:
@@ -177,6 +187,7 @@ class StreamingTokenizer:
 
     def _chunk(self, frames: CausalFrames) -> ChunkTokens:
         """Normalise one chunk's frames exactly as ``make_sample`` does, then ``model.step``."""
+        frames = self.cleaner.to_upright(frames)
         centres = causal_centres(frames.xy, frames.conf, self.seen_rows)
         self.seen_rows |= frames.conf.any(axis=0)
         x, frame_mask = chunk(normalise(frames.xy, centres, frames.unit), self.chunk_len)
@@ -186,7 +197,7 @@ class StreamingTokenizer:
             reference, self.reference_state = pose_references(
                 x, conf, kp.REFERENCE_POINTS[self.cfg.data.reference], self.reference_state)
             x = x - reference[:, None]
-        codes, decoded = step_chunk(self.model, x[0], conf[0], self.context, self.device, self.precision,
+        codes, decoded = step_chunk(self.step_model, x[0], conf[0], self.context, self.device, self.precision,
                                     decode=self.decode)
         self.context = None if decoded is None else decoded[:, -1]
         t, self.num_chunks = self.num_chunks, self.num_chunks + 1

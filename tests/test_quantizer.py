@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from src.config import RVQConfig
 from src.data import keypoints as kp
-from src.models.quantizer import Codebook, MultiStreamRVQ, ResidualQuantizer, sq_distances
+from src.models.quantizer import Codebook, MultiStreamRVQ, ResidualQuantizer, _runs, sq_distances
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: a second thread only adds contention
 
@@ -332,6 +332,72 @@ def test_usage_kl_gradient_spreads_a_collapsed_batch():
     # Factor 0.5 and >= 4 codes: over 20 seeds the worst was 0.43 and 6 codes.
     assert kl().item() < 0.5 * start
     assert len(cb.encode(one(z.detach())).unique()) >= 4
+
+
+def _level_losses_reference(x: torch.Tensor, embed: torch.Tensor, temperature: float) -> tuple[torch.Tensor, ...]:
+    """Commitment and usage KL (G,) of one level by plain autograd in float64: the definitions,
+    with the row std of the distances held constant (as the hand-written backward does)."""
+    x, embed = x.double(), embed.double()
+    d = torch.baddbmm(embed.pow(2).sum(-1)[:, None], x, embed.transpose(1, 2), alpha=-2)
+    codes = d.argmin(-1)
+    q = torch.gather(embed, 1, codes[..., None].expand(-1, -1, embed.shape[-1]))
+    commit = (x - q).pow(2).mean((1, 2))
+    probs = torch.softmax(d / (d.std(-1, keepdim=True).detach() * -temperature), -1)
+    u = probs.mean(1)
+    return codes, commit, (u * torch.log(u * embed.shape[1] + 1e-12)).sum(-1)
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_level_losses_and_gradient_match_autograd_in_float64(active):
+    """The fused level losses (in-place passes, gradient formed in the forward) give the same
+    codes, the losses to float rounding and the gradient to 1e-5 of its norm."""
+    torch.manual_seed(0)
+    cb = Codebook(16, rvq_cfg(codebook_size=64, init="random"), groups=2).train()
+    cb.embed.copy_(torch.randn(2, 64, 16))
+    rows = torch.rand(300) < 0.7 if active else None
+    x = (torch.randn(2, 300, 16) * 1.5).requires_grad_(True)
+    ref_x = x.detach().double().requires_grad_(True)
+    picked = ref_x if rows is None else ref_x[:, rows]
+    codes, commit, usage = _level_losses_reference(picked, cb.embed.clone(), cb.temperature)
+    weights = torch.tensor([0.7, 1.3], dtype=torch.float64)
+    ((commit + usage) * weights).sum().backward()
+
+    _, got_codes, got_commit, got_usage = cb(x, rows)
+    ((got_commit + got_usage) * weights.float()).sum().backward()
+    assert torch.equal(got_codes if rows is None else got_codes[:, rows], codes)
+    torch.testing.assert_close(got_commit.double(), commit.detach(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got_usage.double(), usage.detach(), rtol=1e-5, atol=1e-7)
+    error = (x.grad.double() - ref_x.grad).norm() / ref_x.grad.norm()
+    assert error < 1e-5, error
+
+
+def test_a_second_backward_through_a_level_is_refused():
+    """The level's backward scales its saved gradient in place: autograd must refuse a second
+    pass (retain_graph) rather than give a wrong gradient silently."""
+    torch.manual_seed(0)
+    cb = Codebook(4, rvq_cfg(codebook_size=8, init="random")).train()
+    x = torch.randn(1, 32, 4, requires_grad=True)
+    _, _, commit, usage = cb(x)
+    (commit + usage).sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        (commit + usage).sum().backward()
+
+
+@pytest.mark.parametrize("caps, runs", [([1, 2, 2, 2, 1], [slice(1, 4)]),
+                                        ([2, 1, 2, 1, 2], [slice(0, 1), slice(2, 3), slice(4, 5)]),
+                                        ([1, 1, 1, 1, 1], []), ([2, 2, 2, 2, 2], [slice(0, 5)])])
+def test_encode_compares_only_the_groups_that_code_a_level(caps, runs):
+    """Groups past their cap get -1 and are never compared (runs of groups as views); the
+    others get exactly the codes of an encode over every group."""
+    assert _runs([c > 1 for c in caps]) == runs
+    torch.manual_seed(0)
+    z = torch.randn(S, 40, 8)
+    capped = fit(ResidualQuantizer(8, rvq_cfg(levels=2), S, caps), z, 2).eval()
+    full = ResidualQuantizer(8, rvq_cfg(levels=2), S)
+    full.load_state_dict(capped.state_dict())
+    codes, reference = capped.encode(z), full.eval().encode(z)
+    on = torch.tensor(caps)[:, None] > torch.arange(2)
+    assert torch.equal(codes, torch.where(on[:, None, :], reference, -1))
 
 
 # ---------------------------------------------------------------- state

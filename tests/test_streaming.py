@@ -10,9 +10,10 @@ import torch
 
 from src.data import keypoints as kp
 from src.data.causal import CausalCleaner, causal_clean, concat_frames
+from src.data.pose import observed_mask, pair_lengths, shoulder_angles
 from src.data.dataset import collate, make_sample
 from src.data.source import DataError
-from src.inference import load_tokenizer, to_pixels
+from src.inference import bf16_weights, load_tokenizer, precision_context, to_pixels
 from src.metrics.evaluate import chunk_units
 from src.metrics.recon import point_error_px
 from src.metrics.temporal import timeline_px
@@ -36,8 +37,9 @@ def raw(synth_root) -> np.ndarray:
     return raw
 
 
-def causal_cfg(cfg, reference: str = "none"):
-    return dataclasses.replace(cfg.data, causal=True, max_frames=0, reference=reference)
+def causal_cfg(cfg, reference: str | None = None):
+    """The checkpoint's data settings in the causal mode (its own ``data.reference`` unless given)."""
+    return dataclasses.replace(cfg.data, causal=True, max_frames=0, reference=reference or cfg.data.reference)
 
 
 def with_reference(cfg, reference: str):
@@ -71,6 +73,44 @@ def test_pieces_equal_whole_equal_causal_offline_path(model_cfg, raw, reference)
     np.testing.assert_array_equal(pieces, offline)
     assert [o.t for o in outs if o.codes is not None] == list(range(len(offline)))
     assert outs[-1].num_frames == len(raw) - (len(offline) - 1) * cfg.data.chunk_len
+
+
+def test_bf16_stream_equals_the_causal_offline_bf16_path(model_cfg, raw):
+    """The bf16 stream runs a copy with bf16 linear weights (cast once, not per chunk): under
+    autocast it computes what the model does, so its tokens equal the offline bf16 path's."""
+    model, cfg = model_cfg
+    twin = bf16_weights(model)
+    assert twin.encoder.transformer.blocks[0].qkv.weight.dtype == torch.bfloat16
+    assert model.encoder.transformer.blocks[0].qkv.weight.dtype == torch.float32
+    assert twin.quantizer.rvq.levels[0].embed is model.quantizer.rvq.levels[0].embed  # shared, not copied
+    x = torch.randn(3, cfg.data.chunk_len, kp.NUM_STREAM_POINTS, 2)
+    observed = torch.rand(3, cfg.data.chunk_len, kp.NUM_STREAM_POINTS) < 0.9
+    with precision_context("cpu", "bf16"):
+        assert torch.equal(twin.encode_latent(x, observed), model.encode_latent(x, observed))
+        for got, want in zip(twin.step(x, observed), model.step(x, observed)):
+            assert torch.equal(got, want)
+    offline, _ = causal_codes(model, make_sample(raw, causal_cfg(cfg)), precision="bf16")
+    pieces, _ = stream_codes(StreamingTokenizer(model, cfg, precision="bf16"), raw, [1] * 25 + [7, 3])
+    np.testing.assert_array_equal(pieces, offline)
+
+
+def test_cleaner_measures_each_frame_as_the_offline_helpers(raw):
+    """The cleaner's per-frame lengths and shoulder angle (one vectorised difference for all
+    pairs) are bit for bit those of ``pose.pair_lengths`` and ``pose.shoulder_angles``."""
+    rng = np.random.default_rng(0)
+    frames = raw[30:60].copy()
+    frames[..., :2] += rng.normal(0, 3, frames[..., :2].shape).astype(np.float32)
+    frames[rng.random(frames.shape[:2]) < 0.2, 2] = 0          # every pair seen in some frames only
+    cleaner = CausalCleaner(0.3, 0.0, warmup=1000)              # never releases: only the measures
+    cleaner.push(frames)
+    xy = np.stack([f for f, _ in cleaner.pending])
+    conf = np.stack([c for _, c in cleaner.pending])
+    for pair, median in cleaner.lengths.items():
+        assert median.values == sorted(pair_lengths(xy, conf, pair).tolist())
+    assert any(0 < len(m.values) < len(frames) for m in cleaner.lengths.values())   # some pairs unseen at times
+    assert cleaner.angles.values == sorted(shoulder_angles(xy, conf).tolist())
+    assert 0 < len(cleaner.angles.values)
+    assert np.array_equal(conf, observed_mask(frames, 0.3))
 
 
 def test_stream_rebuilds_the_offline_jsonl_entries(model_cfg, raw):
@@ -129,6 +169,22 @@ def test_warmup_and_pieces_of_the_cleaner(raw):
     whole, unit, _ = causal_clean(raw, 0.3, warmup=10)
     np.testing.assert_array_equal(np.concatenate([first.xy, rest.xy]), whole.xy)
     np.testing.assert_array_equal(np.concatenate([first.unit, rest.unit]), unit)
+
+
+def test_a_chunk_rotated_at_once_equals_frames_rotated_one_by_one(raw):
+    """The stream rotates a whole chunk upright at once (upright=False, to_upright): the same
+    values as the cleaner rotating each frame as it is released."""
+    tilted = raw.copy()
+    centre = np.array([256.0, 256.0], np.float32)
+    c, s = np.cos(0.2), np.sin(0.2)
+    d = tilted[:, 1:, :2] - centre
+    tilted[:, 1:, :2] = np.stack([d[..., 0] * c - d[..., 1] * s, d[..., 0] * s + d[..., 1] * c], -1) + centre
+    each, whole = CausalCleaner(0.3, 0.0, warmup=10), CausalCleaner(0.3, 0.0, warmup=10, upright=False)
+    by_frame = concat_frames([each.push(tilted[i:i + 1]) for i in range(len(tilted))] + [each.flush()])
+    unrotated = concat_frames([whole.push(tilted[i:i + 1]) for i in range(len(tilted))] + [whole.flush()])
+    assert np.abs(by_frame.angle).max() > 0.1                         # the rotation is exercised
+    assert not np.array_equal(unrotated.xy, by_frame.xy)
+    np.testing.assert_array_equal(whole.to_upright(unrotated).xy, by_frame.xy)
 
 
 def test_no_unit_ever_is_a_clear_error(raw):

@@ -35,14 +35,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from src.data import keypoints as kp
-from src.data.pose import (
-    CleanPose, centre_rows, observed_mask, pair_lengths, rotate, shoulder_angles, unit_from_medians, video_size,
-)
+from src.data.pose import CleanPose, centre_rows, observed_mask, rotate, unit_from_medians, video_size
 from src.data.source import DataError
 from src.data.transforms import time_warp
 
 # Row pairs whose length is measured per frame: every one ``unit_length`` may fall back on.
 _LENGTHS = (kp.SHOULDER_WIDTH, kp.LEFT_EYELID, kp.RIGHT_EYELID, *(pair for pair, _ in kp.UNIT_FALLBACKS))
+# Their rows as index arrays, so that one frame's lengths are one vectorised difference.
+_FROM, _TO = (np.array(rows) for rows in zip(*_LENGTHS))
 
 
 class RunningMedian:
@@ -103,8 +103,11 @@ class CausalCleaner:
     """
 
     def __init__(self, conf_thresh: float, lowpass_sigma: float = 0.0, warmup: int = 10,
-                 size: tuple[float, float] | None = None):
+                 size: tuple[float, float] | None = None, upright: bool = True):
         self.conf_thresh, self.warmup, self.size = conf_thresh, max(1, warmup), size
+        # upright=False: frames come out unrotated, for the caller to rotate a whole chunk at
+        # once with ``to_upright`` (rotation is elementwise per frame: the same values).
+        self.upright = upright
         self.kernel = causal_kernel(lowpass_sigma) if lowpass_sigma > 0 else None
         self.last_xy = np.zeros((kp.NUM_ROWS, 2), np.float32)   # last observation of each point
         self.seen = np.zeros(kp.NUM_ROWS, bool)                   # observed at least once
@@ -134,7 +137,7 @@ class CausalCleaner:
         for t in range(raw.shape[0]):
             first = conf[t] & ~self.seen
             self.seen |= conf[t]
-            self.last_xy = np.where(conf[t, :, None], raw[t, :, :2], self.last_xy).astype(np.float32)
+            self.last_xy = np.where(conf[t, :, None], raw[t, :, :2], self.last_xy)   # float32, as raw
             if self.kernel is None:
                 out[t] = self.last_xy
                 continue
@@ -151,13 +154,23 @@ class CausalCleaner:
         return out, conf
 
     def _measure(self, xy: np.ndarray, conf: np.ndarray) -> None:
-        """Add one frame's lengths and shoulder angle to the running medians."""
-        frame_xy, frame_conf = xy[None], conf[None]
-        for pair in _LENGTHS:
-            for d in pair_lengths(frame_xy, frame_conf, pair).tolist():
-                self.lengths[pair].add(d)
-        for a in shoulder_angles(frame_xy, frame_conf).tolist():
-            self.angles.add(a)
+        """Add one frame's lengths and shoulder angle to the running medians.
+
+        The values of ``pose.pair_lengths`` and ``pose.shoulder_angles`` bit for bit (the same
+        float32 difference, sum of squares and square root; the shoulder pair comes first in
+        ``_LENGTHS`` and its difference is the shoulder line), for every pair in one go: the
+        per-pair calls were the largest part of a streamed frame's preprocessing.
+        """
+        both = conf[_FROM] & conf[_TO]
+        if not both.any():
+            return
+        d = xy[_FROM[both]] - xy[_TO[both]]                     # (pairs seen, 2)
+        lengths = np.sqrt(np.add.reduce(d * d, axis=-1))       # np.linalg.norm(d, axis=-1)
+        for pair, length in zip((p for p, seen in zip(_LENGTHS, both) if seen), lengths.tolist()):
+            self.lengths[pair].add(length)
+        if both[0]:
+            for a in np.arctan2(d[:1, 1], d[:1, 0]).tolist():
+                self.angles.add(a)
 
     def push(self, raw: np.ndarray) -> CausalFrames:
         """Raw frames ``[n, 134, 3]`` (pixels, scores) -> the frames whose estimates are now known."""
@@ -189,14 +202,22 @@ class CausalCleaner:
         return out
 
     def _upright(self, released: list) -> CausalFrames:
-        """Released frames rotated upright (elementwise per frame: the same result in any batch)."""
+        """Released frames, rotated upright unless ``upright`` is off (elementwise per frame: the
+        same result in any batch)."""
         if not released:
             return CausalFrames.empty()
-        xy = np.stack([f[0] for f, _, _ in released])
-        conf = np.stack([f[1] for f, _, _ in released])
+        frames = [f for f, _, _ in released]
+        # one frame (a stream pushed frame by frame) needs no stacking, only a leading axis
+        xy = frames[0][0][None] if len(frames) == 1 else np.stack([xy for xy, _ in frames])
+        conf = frames[0][1][None] if len(frames) == 1 else np.stack([c for _, c in frames])
         unit = np.array([u for _, u, _ in released], np.float32)
         angle = np.array([a for _, _, a in released], np.float32)
-        return CausalFrames(rotate(xy, -angle, self.size), conf, unit, angle)
+        frames = CausalFrames(xy, conf, unit, angle)
+        return self.to_upright(frames) if self.upright else frames
+
+    def to_upright(self, frames: CausalFrames) -> CausalFrames:
+        """Frames of an ``upright=False`` cleaner rotated upright, as ``push`` gives them by default."""
+        return CausalFrames(rotate(frames.xy, -frames.angle, self.size), frames.conf, frames.unit, frames.angle)
 
     def flush(self) -> CausalFrames:
         """The frames still waiting at the end of the sequence (a warm-up not completed).
