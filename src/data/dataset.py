@@ -15,7 +15,7 @@ from src.config import DataConfig
 from src.data import keypoints as kp
 from src.data.causal import causal_centres, causal_clean, time_warp_raw
 from src.data.pose import (
-    CleanPose, chunk, clean, denormalise, pose_references, flat_values, frame_unit, normalise, rotate, stream_centres,
+    CleanPose, chunk, clean, denormalise, flat_values, frame_unit, normalise, pose_references, rotate, stream_centres,
     unit_length, upright_angle,
 )
 from src.data.source import DataError, PoseSource, read_json, scan_split, split_names
