@@ -508,6 +508,41 @@ def test_codebook_encode_picks_the_nearest_code_of_its_own_group(rows):
     assert torch.equal(cb.encode(x), expected)
 
 
+@pytest.mark.parametrize("rows", [1, 7, 500])
+def test_bf16_shortlist_rescored_in_fp32_gives_the_fp32_nearest_code(rows):
+    """A bf16 first pass keeps 16 candidates, fp32 distances pick among them: on random
+    codebooks (1024 codes, 256 dims, as the default model) the codes equal encode's, also
+    for a slice of groups; with 1 candidate the bf16 pass alone decides and does miss."""
+    g = torch.Generator().manual_seed(rows)
+    cb = Codebook(256, rvq_cfg(codebook_size=1024, init="random"), groups=3).eval()
+    x = cb.embed[:, :rows] + 0.5 * torch.randn(3, rows, 256, generator=g) / 16   # near a code, as latents are
+    assert torch.equal(cb.encode_shortlist(x, k=16), cb.encode(x))
+    assert torch.equal(cb.encode_shortlist(x[1:], slice(1, 3)), cb.encode(x[1:], slice(1, 3)))
+    far = torch.randn(3, 500, 256, generator=g) / 16                               # no code near: small gaps
+    assert torch.equal(cb.encode_shortlist(far, k=16), cb.encode(far))
+    assert not torch.equal(cb.encode_shortlist(far, k=1), cb.encode(far))
+
+
+def test_shortlist_breaks_ties_to_the_lowest_id_and_follows_codebook_changes():
+    cb = Codebook(8, rvq_cfg(codebook_size=32, init="random"), groups=1).eval()
+    cb.embed[0, 20] = cb.embed[0, 3]   # duplicate codewords: encode's argmin gives the first
+    x = cb.embed[:, [3, 20]].clone()
+    assert cb.encode_shortlist(x, k=8).tolist() == [[3, 3]] == cb.encode(x).tolist()
+    cb.embed[0, 3] += 10.0             # in place: the cached bf16 copy must follow
+    assert cb.encode_shortlist(x, k=8).tolist() == [[20, 20]] == cb.encode(x).tolist()
+
+
+def test_residual_encode_with_a_shortlist_equals_the_plain_encode():
+    """Every level through the shortlist (groups past their cap still -1) gives encode's codes."""
+    torch.manual_seed(0)
+    z = torch.randn(S, 300, 16)
+    rq = fit(ResidualQuantizer(16, rvq_cfg(levels=2, codebook_size=256), S, [1, 2, 2, 2, 1]), z, 2).eval()
+    plain = rq.encode(z)
+    rq.shortlist = 16
+    assert torch.equal(rq.encode(z), plain)
+    assert (plain[[0, 4], :, 1] == -1).all()
+
+
 # ---------------------------------------------------------------- quantizer dropout
 
 
