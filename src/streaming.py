@@ -102,15 +102,15 @@ def step_chunk(model: SignTokenizer, x: np.ndarray, conf: np.ndarray, context: t
     return codes[0].cpu().numpy(), None if decoded is None else decoded.float()
 
 
-# bf16 streaming picks codes from the 16 nearest by bf16 distances, rescored in fp32
-# (Codebook.encode_shortlist): one chunk then reads half the codebook bytes.
+# bf16 streaming picks codes from the 16 nearest by int8 (CPU) or bf16 codewords, rescored in
+# fp32 (Codebook.encode_shortlist): one chunk reads a quarter (half) of the codebook bytes.
 BF16_SHORTLIST = 16
 
 
 def step_model(model: SignTokenizer, precision: str = "fp32") -> SignTokenizer:
     """The model a chunk goes through: ``model`` itself in fp32; in bf16 a copy with prepacked
     bf16 linear layers (:func:`src.inference.bf16_weights`) whose quantiser shortlists codes
-    in bf16 (``BF16_SHORTLIST``). The stream and the causal offline path both use it."""
+    (``BF16_SHORTLIST``). The stream and the causal offline path both use it."""
     if precision != "bf16":
         return model
     twin = bf16_weights(model)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from src.config import RVQConfig
 from src.data import keypoints as kp
+from src.models import quantizer
 from src.models.quantizer import Codebook, MultiStreamRVQ, ResidualQuantizer, _runs, sq_distances
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: a second thread only adds contention
@@ -508,13 +509,18 @@ def test_codebook_encode_picks_the_nearest_code_of_its_own_group(rows):
     assert torch.equal(cb.encode(x), expected)
 
 
+@pytest.mark.parametrize("int8", [True, False])
 @pytest.mark.parametrize("rows", [1, 7, 500])
-def test_bf16_shortlist_rescored_in_fp32_gives_the_fp32_nearest_code(rows):
-    """A bf16 first pass keeps 16 candidates, fp32 distances pick among them: on random
-    codebooks (1024 codes, 256 dims, as the default model) the codes equal encode's, also
-    for a slice of groups; with 1 candidate the bf16 pass alone decides and does miss."""
+def test_shortlist_rescored_in_fp32_gives_the_fp32_nearest_code(rows, int8, monkeypatch):
+    """A first pass (int8 or bf16 codewords) keeps 16 candidates, fp32 distances pick among
+    them: on random codebooks (1024 codes, 256 dims, as the default model) the codes equal
+    encode's, also for a slice of groups; with 1 candidate the first pass alone decides and misses."""
+    if int8 and not quantizer._INT8_FIRST_PASS:
+        pytest.skip("this torch build has no weight-only int8 matmul")
+    monkeypatch.setattr(quantizer, "_INT8_FIRST_PASS", int8)
     g = torch.Generator().manual_seed(rows)
     cb = Codebook(256, rvq_cfg(codebook_size=1024, init="random"), groups=3).eval()
+    assert (cb._shortlist_tables()[0].dtype == torch.int8) == int8
     x = cb.embed[:, :rows] + 0.5 * torch.randn(3, rows, 256, generator=g) / 16   # near a code, as latents are
     assert torch.equal(cb.encode_shortlist(x, k=16), cb.encode(x))
     assert torch.equal(cb.encode_shortlist(x[1:], slice(1, 3)), cb.encode(x[1:], slice(1, 3)))

@@ -97,7 +97,7 @@ def test_bf16_weights_compute_what_autocast_computes(model_cfg, prepack):
 
 
 def test_bf16_stream_equals_the_causal_offline_bf16_path(model_cfg, raw):
-    """Both run ``step_model``: prepacked bf16 weights and the quantiser's bf16 shortlist; the
+    """Both run ``step_model``: prepacked bf16 weights and the quantiser's code shortlist; the
     shortlist rescored in fp32 gives the codes of the plain bf16 path here."""
     model, cfg = model_cfg
     twin = step_model(model, "bf16")
