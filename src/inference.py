@@ -85,6 +85,8 @@ class PackedLinear(torch.nn.Module):
         self.weight = torch.nn.Parameter(linear.weight.detach().to(torch.bfloat16), requires_grad=False)
         bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
         self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
+        # oneDNN's own layout (an opaque tensor, CPU only): a plain attribute, kept out of state_dict;
+        # ``rows`` is the batch it picks the layout for (a chunk's frame tokens: 50 by default)
         self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

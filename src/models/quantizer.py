@@ -162,7 +162,7 @@ class Codebook(nn.Module):
         """
         embed, norms = self.embed[groups], self._embed_norms()[groups]
         first, scale = self._shortlist_tables()
-        first, xb = first[groups], x.to(torch.bfloat16)
+        first, xb = first[groups], x.to(torch.bfloat16).contiguous()
         if scale is None:
             prods = torch.bmm(xb, first.transpose(1, 2))                                  # (G, N, K)
         else:
