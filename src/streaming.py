@@ -115,6 +115,8 @@ def step_model(model: SignTokenizer, precision: str = "fp32") -> SignTokenizer:
         return model
     twin = bf16_weights(model)
     twin.quantizer.rvq.shortlist = BF16_SHORTLIST
+    for level in twin.quantizer.rvq.levels:   # built now (~50 ms), not in the first chunk's latency
+        level._shortlist_tables()
     return twin
 
 

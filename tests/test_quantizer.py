@@ -529,13 +529,19 @@ def test_shortlist_rescored_in_fp32_gives_the_fp32_nearest_code(rows, int8, monk
     assert not torch.equal(cb.encode_shortlist(far, k=1), cb.encode(far))
 
 
-def test_shortlist_breaks_ties_to_the_lowest_id_and_follows_codebook_changes():
-    cb = Codebook(8, rvq_cfg(codebook_size=32, init="random"), groups=1).eval()
-    cb.embed[0, 20] = cb.embed[0, 3]   # duplicate codewords: encode's argmin gives the first
+@pytest.mark.parametrize("dim", [8, 64])
+def test_shortlist_breaks_ties_to_the_lowest_id_and_follows_codebook_changes(dim):
+    """Equal codewords tie: the lowest id, as encode's argmin, even when more codewords tie
+    than the shortlist holds (a fresh level's zero codewords); in-place changes are followed."""
+    cb = Codebook(dim, rvq_cfg(codebook_size=64, init="random"), groups=2).eval()
+    cb.embed[:, 20] = cb.embed[:, 3]   # duplicate codewords
     x = cb.embed[:, [3, 20]].clone()
-    assert cb.encode_shortlist(x, k=8).tolist() == [[3, 3]] == cb.encode(x).tolist()
-    cb.embed[0, 3] += 10.0             # in place: the cached bf16 copy must follow
-    assert cb.encode_shortlist(x, k=8).tolist() == [[20, 20]] == cb.encode(x).tolist()
+    assert cb.encode_shortlist(x, k=8).tolist() == [[3, 3]] * 2 == cb.encode(x).tolist()
+    cb.embed[:, 3] += 10.0             # in place: the cached first-pass tables must follow
+    assert cb.encode_shortlist(x, k=8).tolist() == [[20, 20]] * 2 == cb.encode(x).tolist()
+    cb.embed.zero_()                   # every code ties
+    x = torch.randn(2, 30, dim)
+    assert (cb.encode_shortlist(x, k=8) == 0).all() and (cb.encode(x) == 0).all()
 
 
 def test_residual_encode_with_a_shortlist_equals_the_plain_encode():

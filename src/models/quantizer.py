@@ -98,7 +98,7 @@ class Codebook(nn.Module):
         self._norms_key: tuple | None = None
         self._norms: torch.Tensor | None = None
         self._first_key: tuple | None = None
-        self._first: tuple[torch.Tensor, torch.Tensor | None] | None = None
+        self._first: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
 
     def _embed_norms(self) -> torch.Tensor:
         """|e|^2 (G, K), recomputed only when the codebook changed (the streaming path reads
@@ -130,13 +130,16 @@ class Codebook(nn.Module):
         norms = self._embed_norms()[groups, :, None]
         return torch.baddbmm(norms, self.embed[groups], x.transpose(1, 2), alpha=-2).argmin(1)
 
-    def _shortlist_tables(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The codewords for :meth:`encode_shortlist`'s first pass, kept until the codebook changes.
+    def _shortlist_tables(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """What :meth:`encode_shortlist` needs besides the codebook, kept until it changes.
 
-        Each group's codewords minus their mean (the mean's share of x.e is the same for every
-        code, so it drops out of a nearest-code search, and the products to round get smaller):
-        on CPU in int8 with one bf16 scale per code (a quarter of the fp32 bytes; torch's
-        weight-only int8 kernel, 2x faster than bf16 for one row), elsewhere in bf16 (scales None).
+        The first pass's codewords: each group's codewords minus their mean (the mean's share
+        of x.e is the same for every code, so it drops out of a nearest-code search, and the
+        products to round get smaller), on CPU in int8 with one bf16 scale per code (a quarter
+        of the fp32 bytes; torch's weight-only int8 kernel, 2x faster than bf16 for one row),
+        elsewhere in bf16 (scales None). And each code's lowest id with the same codeword
+        (G, K): equal codewords tie, and encode's argmin gives the first of them (a level of a
+        fresh model holds 1024 zero codewords, more than any shortlist).
         """
         key = (id(self.embed), self.embed._version, self.embed.device)
         if key != self._first_key:
@@ -144,11 +147,16 @@ class Codebook(nn.Module):
             # the kernel gave wrong sums for rows of 8 values (torch 2.13): only whole blocks of 32
             if _INT8_FIRST_PASS and self.embed.device.type == "cpu" and self.embed.shape[-1] % 32 == 0:
                 scale = centred.abs().amax(-1).clamp_min(1e-12) / 127
-                ints = torch.round(centred / scale[..., None]).to(torch.int8)
-                self._first = (ints, scale.to(torch.bfloat16))
+                first = (torch.round(centred / scale[..., None]).to(torch.int8), scale.to(torch.bfloat16))
             else:
-                self._first = (centred.to(torch.bfloat16), None)
-            self._first_key = key
+                first = (centred.to(torch.bfloat16), None)
+            ids = torch.arange(self.embed.shape[1], device=self.embed.device)
+            lowest = []
+            for group in self.embed:
+                _, same = torch.unique(group, dim=0, return_inverse=True)
+                least = torch.full_like(ids, len(ids)).scatter_reduce(0, same, ids, "amin")
+                lowest.append(least[same])
+            self._first, self._first_key = (*first, torch.stack(lowest)), key
         return self._first
 
     def encode_shortlist(self, x: torch.Tensor, groups: slice = slice(None), k: int = 16) -> torch.Tensor:
@@ -158,23 +166,22 @@ class Codebook(nn.Module):
 
         The code is the fp32 nearest unless the fp32 nearest is not among the ``k`` first-pass
         nearest (an approximation error larger than the gap between candidates: counted in
-        docs/streaming.md), or two fp32 distances differ in the last bit only. For the bf16 stream.
+        docs/streaming.md), or two fp32 distances differ in the last bits only. For the bf16 stream.
         """
         embed, norms = self.embed[groups], self._embed_norms()[groups]
-        first, scale = self._shortlist_tables()
+        first, scale, lowest = self._shortlist_tables()
         first, xb = first[groups], x.to(torch.bfloat16).contiguous()
         if scale is None:
             prods = torch.bmm(xb, first.transpose(1, 2))                                  # (G, N, K)
         else:
             scale = scale[groups]
             prods = torch.stack([torch._weight_int8pack_mm(xb[g], first[g], scale[g]) for g in range(len(first))])
-        cand = torch.sub(norms[:, None, :], prods, alpha=2).topk(k, -1, largest=False).indices
-        # in id order, so equal distances (e.g. duplicate codewords) give the lowest id, as argmin does
-        cand = cand.sort(-1).values                                                      # (G, N, k)
+        cand = torch.sub(norms[:, None, :], prods, alpha=2).topk(k, -1, largest=False).indices  # (G, N, k)
         g, n, _ = cand.shape
         flat = cand.reshape(g, n * k)
         exact = norms.gather(1, flat).view(g, n, k) - 2 * (_lookup(embed, flat).view(g, n, k, -1) @ x[..., None]).squeeze(-1)
-        return cand.gather(2, exact.argmin(2, keepdim=True)).squeeze(2)
+        code = cand.gather(2, exact.argmin(2, keepdim=True)).squeeze(2)
+        return lowest[groups].gather(1, code)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """(G, N) code ids -> (G, N, D) codewords; id -1 (a level the group does not code) gives 0."""
