@@ -260,7 +260,8 @@ def stream_figures(model: SignTokenizer, cfg: Config, settings: BenchSettings, d
                 cleaner.push(frames[f:f + 1])
             prep.append(1e3 * (time.perf_counter() - start))
     out["preprocess_chunk_ms_p50"] = float(np.median(prep[settings.latency_warmup:]))
-    out["what"] = "per chunk: its frames pushed one by one; causal preprocessing + normalise + model.step"
+    out["what"] = ("per chunk: its frames pushed one by one; causal preprocessing + normalise + model.step "
+                   "(bf16: streaming.step_model, prepacked weights and an int8 code shortlist rescored in fp32)")
     return out
 
 

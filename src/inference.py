@@ -71,22 +71,62 @@ def precision_context(device: str | torch.device, precision: str = "fp32") -> co
     return contextlib.nullcontext()
 
 
-def bf16_weights(model: SignTokenizer) -> SignTokenizer:
+class PackedLinear(torch.nn.Module):
+    """A linear layer computed in bf16 from a weight prepacked once for oneDNN.
+
+    Its outputs are those of ``nn.Linear`` with bf16 weights under autocast, bit for bit (the
+    same oneDNN kernels, tested); it skips the reorder of the weight into the kernel's blocked
+    layout that oneDNN otherwise repeats on every call (~20% of a streamed chunk's matmuls).
+    """
+
+    def __init__(self, linear: torch.nn.Linear, rows: int = 64):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = torch.nn.Parameter(linear.weight.detach().to(torch.bfloat16), requires_grad=False)
+        bias = None if linear.bias is None else linear.bias.detach().to(torch.bfloat16)
+        self.bias = None if bias is None else torch.nn.Parameter(bias, requires_grad=False)
+        # oneDNN's own layout (an opaque tensor, CPU only): a plain attribute, kept out of state_dict;
+        # ``rows`` is the batch it picks the layout for (a chunk's frame tokens: 50 by default)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, rows)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.bfloat16)
+        if not x.is_contiguous():
+            # torch's linear takes another kernel for a strided input (other bits): keep its
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+def can_prepack(device: str | torch.device) -> bool:
+    """oneDNN's prepacked linear exists for this device (CPU builds with mkldnn)."""
+    return (torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+def bf16_weights(model: SignTokenizer, prepack: bool | None = None) -> SignTokenizer:
     """A copy of ``model`` whose linear layers hold their weights and biases in bf16; every
     other tensor (codebooks, norms, embeddings) is shared, not copied.
 
     Under ``precision_context(device, "bf16")`` it computes exactly what ``model`` does, bit
     for bit: autocast rounds the same fp32 weights to the same bf16 values, but on every call.
     For one streamed chunk that re-cast of all weights made bf16 slower than fp32. The copy
-    holds the weights of the moment it is made.
+    holds the weights of the moment it is made. With ``prepack`` (default: where oneDNN
+    has it) the layers are :class:`PackedLinear`: the same bits, without the per-call reorder.
     """
     linear = {id(t) for m in model.modules() if isinstance(m, torch.nn.Linear) for t in m.parameters()}
     shared = {id(t): t for t in [*model.parameters(), *model.buffers()] if id(t) not in linear}
     twin = copy.deepcopy(model, memo=shared)
-    for m in twin.modules():
-        if isinstance(m, torch.nn.Linear):
-            for name, p in list(m.named_parameters(recurse=False)):
-                setattr(m, name, torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False))
+    device = next(model.parameters()).device
+    prepack = can_prepack(device) if prepack is None else prepack
+    for parent in list(twin.modules()):
+        for name, m in list(parent.named_children()):
+            if not isinstance(m, torch.nn.Linear):
+                continue
+            if prepack:
+                setattr(parent, name, PackedLinear(m))
+                continue
+            for key, p in list(m.named_parameters(recurse=False)):
+                setattr(m, key, torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False))
     return twin
 
 

@@ -102,10 +102,29 @@ def step_chunk(model: SignTokenizer, x: np.ndarray, conf: np.ndarray, context: t
     return codes[0].cpu().numpy(), None if decoded is None else decoded.float()
 
 
+# bf16 streaming picks codes from the 16 nearest by int8 (CPU) or bf16 codewords, rescored in
+# fp32 (Codebook.encode_shortlist): one chunk reads a quarter (half) of the codebook bytes.
+BF16_SHORTLIST = 16
+
+
+def step_model(model: SignTokenizer, precision: str = "fp32") -> SignTokenizer:
+    """The model a chunk goes through: ``model`` itself in fp32; in bf16 a copy with prepacked
+    bf16 linear layers (:func:`src.inference.bf16_weights`) whose quantiser shortlists codes
+    (``BF16_SHORTLIST``). The stream and the causal offline path both use it."""
+    if precision != "bf16":
+        return model
+    twin = bf16_weights(model)
+    twin.quantizer.rvq.shortlist = BF16_SHORTLIST
+    for level in twin.quantizer.rvq.levels:   # built now (~50 ms), not in the first chunk's latency
+        level._shortlist_tables()
+    return twin
+
+
 def causal_codes(model: SignTokenizer, sample: dict, device: str | torch.device = "cpu",
                  precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """The causal offline path: a dataset sample's chunks through ``model.step`` in order, each
     with the previous chunk's decoded last frame as context -> codes (C, S, levels), recon (C, L, P, 2)."""
+    model = step_model(model, precision)
     codes, recon, context = [], [], None
     for c in range(sample["x"].shape[0]):
         code, decoded = step_chunk(model, sample["x"][c], sample["conf"][c], context, device, precision)
@@ -122,8 +141,7 @@ class StreamingTokenizer:
                  precision: str | None = None, decode: bool = False):
         self.model, self.cfg, self.device = model.eval(), cfg, device
         self.precision = precision or cfg.export.precision
-        # bf16: the same computation, with the linear weights cast once rather than per chunk
-        self.step_model = bf16_weights(self.model) if self.precision == "bf16" else self.model
+        self.step_model = step_model(self.model, self.precision)
         self.decode = decode
         self.chunk_len = cfg.data.chunk_len
         self.reset()

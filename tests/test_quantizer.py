@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from src.config import RVQConfig
 from src.data import keypoints as kp
+from src.models import quantizer
 from src.models.quantizer import Codebook, MultiStreamRVQ, ResidualQuantizer, _runs, sq_distances
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: a second thread only adds contention
@@ -506,6 +507,52 @@ def test_codebook_encode_picks_the_nearest_code_of_its_own_group(rows):
     x = torch.randn(3, rows, 16, generator=g)
     expected = torch.stack([torch.cdist(x[i], cb.embed[i]).argmin(-1) for i in range(3)])
     assert torch.equal(cb.encode(x), expected)
+
+
+@pytest.mark.parametrize("int8", [True, False])
+@pytest.mark.parametrize("rows", [1, 7, 500])
+def test_shortlist_rescored_in_fp32_gives_the_fp32_nearest_code(rows, int8, monkeypatch):
+    """A first pass (int8 or bf16 codewords) keeps 16 candidates, fp32 distances pick among
+    them: on random codebooks (1024 codes, 256 dims, as the default model) the codes equal
+    encode's, also for a slice of groups; with 1 candidate the first pass alone decides and misses."""
+    if int8 and not quantizer._INT8_FIRST_PASS:
+        pytest.skip("this torch build has no weight-only int8 matmul")
+    monkeypatch.setattr(quantizer, "_INT8_FIRST_PASS", int8)
+    g = torch.Generator().manual_seed(rows)
+    cb = Codebook(256, rvq_cfg(codebook_size=1024, init="random"), groups=3).eval()
+    assert (cb._shortlist_tables()[0].dtype == torch.int8) == int8
+    x = cb.embed[:, :rows] + 0.5 * torch.randn(3, rows, 256, generator=g) / 16   # near a code, as latents are
+    assert torch.equal(cb.encode_shortlist(x, k=16), cb.encode(x))
+    assert torch.equal(cb.encode_shortlist(x[1:], slice(1, 3)), cb.encode(x[1:], slice(1, 3)))
+    far = torch.randn(3, 500, 256, generator=g) / 16                               # no code near: small gaps
+    assert torch.equal(cb.encode_shortlist(far, k=16), cb.encode(far))
+    assert not torch.equal(cb.encode_shortlist(far, k=1), cb.encode(far))
+
+
+@pytest.mark.parametrize("dim", [8, 64])
+def test_shortlist_breaks_ties_to_the_lowest_id_and_follows_codebook_changes(dim):
+    """Equal codewords tie: the lowest id, as encode's argmin, even when more codewords tie
+    than the shortlist holds (a fresh level's zero codewords); in-place changes are followed."""
+    cb = Codebook(dim, rvq_cfg(codebook_size=64, init="random"), groups=2).eval()
+    cb.embed[:, 20] = cb.embed[:, 3]   # duplicate codewords
+    x = cb.embed[:, [3, 20]].clone()
+    assert cb.encode_shortlist(x, k=8).tolist() == [[3, 3]] * 2 == cb.encode(x).tolist()
+    cb.embed[:, 3] += 10.0             # in place: the cached first-pass tables must follow
+    assert cb.encode_shortlist(x, k=8).tolist() == [[20, 20]] * 2 == cb.encode(x).tolist()
+    cb.embed.zero_()                   # every code ties
+    x = torch.randn(2, 30, dim)
+    assert (cb.encode_shortlist(x, k=8) == 0).all() and (cb.encode(x) == 0).all()
+
+
+def test_residual_encode_with_a_shortlist_equals_the_plain_encode():
+    """Every level through the shortlist (groups past their cap still -1) gives encode's codes."""
+    torch.manual_seed(0)
+    z = torch.randn(S, 300, 16)
+    rq = fit(ResidualQuantizer(16, rvq_cfg(levels=2, codebook_size=256), S, [1, 2, 2, 2, 1]), z, 2).eval()
+    plain = rq.encode(z)
+    rq.shortlist = 16
+    assert torch.equal(rq.encode(z), plain)
+    assert (plain[[0, 4], :, 1] == -1).all()
 
 
 # ---------------------------------------------------------------- quantizer dropout

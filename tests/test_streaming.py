@@ -13,12 +13,12 @@ from src.data.causal import CausalCleaner, causal_clean, concat_frames
 from src.data.pose import observed_mask, pair_lengths, shoulder_angles
 from src.data.dataset import collate, make_sample
 from src.data.source import DataError
-from src.inference import bf16_weights, load_tokenizer, precision_context, to_pixels
+from src.inference import PackedLinear, bf16_weights, can_prepack, load_tokenizer, precision_context, to_pixels
 from src.metrics.evaluate import chunk_units
 from src.metrics.recon import point_error_px
 from src.metrics.temporal import timeline_px
 from src.models.stitch import stitch_chunks
-from src.streaming import OnlineRLE, StreamingTokenizer, causal_codes, rebuild_entries
+from src.streaming import OnlineRLE, StreamingTokenizer, causal_codes, rebuild_entries, step_chunk, step_model
 from src.tokens.rle import rle_encode
 from src.tokens.sequence import codes_to_streams
 
@@ -75,23 +75,42 @@ def test_pieces_equal_whole_equal_causal_offline_path(model_cfg, raw, reference)
     assert outs[-1].num_frames == len(raw) - (len(offline) - 1) * cfg.data.chunk_len
 
 
-def test_bf16_stream_equals_the_causal_offline_bf16_path(model_cfg, raw):
-    """The bf16 stream runs a copy with bf16 linear weights (cast once, not per chunk): under
-    autocast it computes what the model does, so its tokens equal the offline bf16 path's."""
+@pytest.mark.parametrize("prepack", [False, True])
+def test_bf16_weights_compute_what_autocast_computes(model_cfg, prepack):
+    """The bf16 copy holds bf16 linear weights (cast once, not per chunk; prepacked for oneDNN
+    or not): under autocast it computes what the model does, bit for bit."""
     model, cfg = model_cfg
-    twin = bf16_weights(model)
+    if prepack and not can_prepack("cpu"):
+        pytest.skip("this torch build has no oneDNN prepacked linear")
+    twin = bf16_weights(model, prepack=prepack)
+    assert isinstance(twin.encoder.transformer.blocks[0].qkv, PackedLinear) == prepack
     assert twin.encoder.transformer.blocks[0].qkv.weight.dtype == torch.bfloat16
     assert model.encoder.transformer.blocks[0].qkv.weight.dtype == torch.float32
     assert twin.quantizer.rvq.levels[0].embed is model.quantizer.rvq.levels[0].embed  # shared, not copied
-    x = torch.randn(3, cfg.data.chunk_len, kp.NUM_STREAM_POINTS, 2)
-    observed = torch.rand(3, cfg.data.chunk_len, kp.NUM_STREAM_POINTS) < 0.9
-    with precision_context("cpu", "bf16"):
-        assert torch.equal(twin.encode_latent(x, observed), model.encode_latent(x, observed))
-        for got, want in zip(twin.step(x, observed), model.step(x, observed)):
-            assert torch.equal(got, want)
-    offline, _ = causal_codes(model, make_sample(raw, causal_cfg(cfg)), precision="bf16")
+    for rows in (1, 3):
+        x = torch.randn(rows, cfg.data.chunk_len, kp.NUM_STREAM_POINTS, 2)
+        observed = torch.rand(rows, cfg.data.chunk_len, kp.NUM_STREAM_POINTS) < 0.9
+        with precision_context("cpu", "bf16"):
+            assert torch.equal(twin.encode_latent(x, observed), model.encode_latent(x, observed))
+            for got, want in zip(twin.step(x, observed), model.step(x, observed)):
+                assert torch.equal(got, want)
+
+
+def test_bf16_stream_equals_the_causal_offline_bf16_path(model_cfg, raw):
+    """Both run ``step_model``: prepacked bf16 weights and the quantiser's code shortlist; the
+    shortlist rescored in fp32 gives the codes of the plain bf16 path here."""
+    model, cfg = model_cfg
+    twin = step_model(model, "bf16")
+    assert twin.quantizer.rvq.shortlist > 0 and model.quantizer.rvq.shortlist == 0
+    assert step_model(model, "fp32") is model
+    sample = make_sample(raw, causal_cfg(cfg))
+    offline, _ = causal_codes(model, sample, precision="bf16")
     pieces, _ = stream_codes(StreamingTokenizer(model, cfg, precision="bf16"), raw, [1] * 25 + [7, 3])
     np.testing.assert_array_equal(pieces, offline)
+    twin.quantizer.rvq.shortlist = 0
+    plain = [step_chunk(twin, sample["x"][c], sample["conf"][c], None, precision="bf16")[0]
+             for c in range(len(offline))]
+    np.testing.assert_array_equal(np.stack(plain), offline)
 
 
 def test_cleaner_measures_each_frame_as_the_offline_helpers(raw):

@@ -24,6 +24,10 @@ from src.config import RVQConfig
 from src.data import keypoints as kp
 
 
+# Codebook.encode_shortlist's first pass on CPU: torch's weight-only int8 matmul (bf16 in and out)
+_INT8_FIRST_PASS = hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -93,6 +97,8 @@ class Codebook(nn.Module):
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
         self._norms_key: tuple | None = None
         self._norms: torch.Tensor | None = None
+        self._first_key: tuple | None = None
+        self._first: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
 
     def _embed_norms(self) -> torch.Tensor:
         """|e|^2 (G, K), recomputed only when the codebook changed (the streaming path reads
@@ -123,6 +129,59 @@ class Codebook(nn.Module):
         """
         norms = self._embed_norms()[groups, :, None]
         return torch.baddbmm(norms, self.embed[groups], x.transpose(1, 2), alpha=-2).argmin(1)
+
+    def _shortlist_tables(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """What :meth:`encode_shortlist` needs besides the codebook, kept until it changes.
+
+        The first pass's codewords: each group's codewords minus their mean (the mean's share
+        of x.e is the same for every code, so it drops out of a nearest-code search, and the
+        products to round get smaller), on CPU in int8 with one bf16 scale per code (a quarter
+        of the fp32 bytes; torch's weight-only int8 kernel, 2x faster than bf16 for one row),
+        elsewhere in bf16 (scales None). And each code's lowest id with the same codeword
+        (G, K): equal codewords tie, and encode's argmin gives the first of them (a level of a
+        fresh model holds 1024 zero codewords, more than any shortlist).
+        """
+        key = (id(self.embed), self.embed._version, self.embed.device)
+        if key != self._first_key:
+            centred = self.embed - self.embed.mean(1, keepdim=True)
+            # the kernel gave wrong sums for rows of 8 values (torch 2.13): only whole blocks of 32
+            if _INT8_FIRST_PASS and self.embed.device.type == "cpu" and self.embed.shape[-1] % 32 == 0:
+                scale = centred.abs().amax(-1).clamp_min(1e-12) / 127
+                first = (torch.round(centred / scale[..., None]).to(torch.int8), scale.to(torch.bfloat16))
+            else:
+                first = (centred.to(torch.bfloat16), None)
+            ids = torch.arange(self.embed.shape[1], device=self.embed.device)
+            lowest = []
+            for group in self.embed:
+                _, same = torch.unique(group, dim=0, return_inverse=True)
+                least = torch.full_like(ids, len(ids)).scatter_reduce(0, same, ids, "amin")
+                lowest.append(least[same])
+            self._first, self._first_key = (*first, torch.stack(lowest)), key
+        return self._first
+
+    def encode_shortlist(self, x: torch.Tensor, groups: slice = slice(None), k: int = 16) -> torch.Tensor:
+        """:meth:`encode` in two passes: approximate distances (int8 or bf16 codewords, see
+        :meth:`_shortlist_tables`) pick each row's ``k`` nearest candidates, then fp32
+        distances to those alone pick the code.
+
+        The code is the fp32 nearest unless the fp32 nearest is not among the ``k`` first-pass
+        nearest (an approximation error larger than the gap between candidates: counted in
+        docs/streaming.md), or two fp32 distances differ in the last bits only. For the bf16 stream.
+        """
+        embed, norms = self.embed[groups], self._embed_norms()[groups]
+        first, scale, lowest = self._shortlist_tables()
+        first, xb = first[groups], x.to(torch.bfloat16).contiguous()
+        if scale is None:
+            prods = torch.bmm(xb, first.transpose(1, 2))                                  # (G, N, K)
+        else:
+            scale = scale[groups]
+            prods = torch.stack([torch._weight_int8pack_mm(xb[g], first[g], scale[g]) for g in range(len(first))])
+        cand = torch.sub(norms[:, None, :], prods, alpha=2).topk(k, -1, largest=False).indices  # (G, N, k)
+        g, n, _ = cand.shape
+        flat = cand.reshape(g, n * k)
+        exact = norms.gather(1, flat).view(g, n, k) - 2 * (_lookup(embed, flat).view(g, n, k, -1) @ x[..., None]).squeeze(-1)
+        code = cand.gather(2, exact.argmin(2, keepdim=True)).squeeze(2)
+        return lowest[groups].gather(1, code)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """(G, N) code ids -> (G, N, D) codewords; id -1 (a level the group does not code) gives 0."""
@@ -378,6 +437,9 @@ class ResidualQuantizer(nn.Module):
         self.levels = nn.ModuleList(Codebook(dim, cfg, groups) for _ in range(cfg.levels))
         caps = torch.tensor(group_levels if group_levels is not None else [cfg.levels] * groups)
         self.register_buffer("group_levels", caps.clamp(1, cfg.levels), persistent=False)
+        # > 0: encode picks codes from this many candidates of an int8 or bf16 first pass, rescored
+        # in fp32 (Codebook.encode_shortlist); set on the bf16 streaming copy only, never trained with.
+        self.shortlist = 0
 
     def prepare(self, z: torch.Tensor) -> torch.Tensor:
         # Cosine mode puts the latent on the unit sphere; residual levels stay euclidean.
@@ -421,7 +483,8 @@ class ResidualQuantizer(nn.Module):
             # code 1 of the default 2 levels: 2 of 5 codebooks of level 2 are never read).
             code = torch.full(residual.shape[:2], -1, dtype=torch.long, device=residual.device)
             for run in _runs([cap > i for cap in caps]):
-                code[run] = level.encode(residual[run], run)
+                code[run] = (level.encode_shortlist(residual[run], run, self.shortlist) if self.shortlist
+                             else level.encode(residual[run], run))
             codes.append(code)
             if i + 1 < len(self.levels):
                 residual = residual - level.decode(code)
