@@ -98,7 +98,7 @@ class SignTokenizer(nn.Module):
     def encode_latent(self, x: torch.Tensor, observed: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
         """x (N, L, P, 2) local units, observed (N, L, P) -> latents (N, S, D) before quantisation.
 
-        Points the estimator did not see enter as 0 (the reference pose) with their flag: a
+        Points the estimator did not see enter as 0 (the training mean pose) with their flag: a
         filled-in guess, or a point another estimator never gives, then cannot change a code.
         """
         ref, scale, cond = self._frame(ctx)
