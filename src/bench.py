@@ -160,8 +160,8 @@ def analytic_flops(cfg: ModelConfig, chunk_len: int) -> dict[str, float]:
     output projection 2*W*latent (2*L*W*latent for a flatten-pooled stream); with the linear
     path 2*(2K*L)*latent more. Quantizer: 2*(latent/splits)*codebook_size per code a
     chunk has (each stream's levels x splits: a level a stream does not code is not
-    compared). Norms, softmax, GELU and the attention
-    pooling's dot products are left out (< 1%).
+    compared); a stream on FSQ only projects its latent to the grid's numbers, 2*latent*len(grid).
+    Norms, softmax, GELU and the attention pooling's dot products are left out (< 1%).
     """
     w, length, s = cfg.width, chunk_len, len(kp.STREAMS)
     in_width = w - cfg.type_dim if cfg.type_embedding == "concat" else w
@@ -172,7 +172,10 @@ def analytic_flops(cfg: ModelConfig, chunk_len: int) -> dict[str, float]:
     encoder = inputs + s * cfg.enc_layers * layer + 2 * pooled * cfg.latent_dim
     if cfg.linear_path:
         encoder += sum(2 * 2 * st.num_keypoints * length * cfg.latent_dim for st in kp.STREAMS)
-    quantizer = cfg.rvq.codes_per_chunk * 2 * cfg.latent_dim // cfg.rvq.splits * cfg.rvq.codebook_size
+    rvq = cfg.rvq
+    quantizer = sum(2 * cfg.latent_dim * len(rvq.fsq_grid) if name in rvq.fsq_streams
+                    else rvq.stream_codes(name) * 2 * cfg.latent_dim // rvq.splits * rvq.codebook_size
+                    for name in rvq.stream_levels)
     return {"encoder": float(encoder), "quantizer": float(quantizer)}
 
 

@@ -70,6 +70,22 @@ class RVQConfig:
     kmeans_iters: int = 10
     usage_temperature: float = 0.1   # soft assignment temperature, in units of each row's distance std
     quantizer_dropout: float = 0.0   # probability that a sample trains with a random number of levels
+    # Streams quantised by finite scalar quantisation (src/models/quantizer.py ResidualFSQ) in
+    # place of EMA codebooks, on the grid ``fsq_levels`` (values per number; its product must be
+    # codebook_size). [] = fours (and a two): 1024 -> [4, 4, 4, 4, 4], 256 -> [4, 4, 4, 4].
+    fsq_streams: list[str] = field(default_factory=lambda: ["F"])
+    fsq_levels: list[int] = field(default_factory=list)
+
+    @property
+    def fsq_grid(self) -> list[int]:
+        """``fsq_levels``, or for [] the grid of fours (and a two) of a power-of-two codebook_size
+        ([] when it is not one)."""
+        if self.fsq_levels:
+            return list(self.fsq_levels)
+        bits = self.codebook_size.bit_length() - 1
+        if self.codebook_size < 2 or 1 << bits != self.codebook_size:
+            return []
+        return [4] * (bits // 2) + [2] * (bits % 2)
     splits: int = 1                  # parts of each stream's latent with codebooks of their own; a chunk
     #                                  then has levels x splits codes per stream (level-major order)
     # Residual levels each stream codes (at most ``levels``): the rate is set per stream.
@@ -112,6 +128,8 @@ class ModelConfig:
     context: str = "none"            # none | previous: code each chunk from the previous chunk's decoded
     #                                  last frame (causal predictive coding, src/models/tokenizer.py)
     context_passes: int = 3          # training passes of a context model (errors of passes - 1 chunks seen)
+    context_streams: list[str] = field(default_factory=lambda: ["F", "LH", "RH", "B", "FB"])  # the streams
+    #                                  a context model codes from the context (the others as without)
     rvq: RVQConfig = field(default_factory=RVQConfig)
 
 
@@ -213,6 +231,11 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if value in typing.get_args(typ):
             return value
         raise ConfigError(f"{key}: expected one of {list(typing.get_args(typ))}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (etype,) = typing.get_args(typ)
+        return [_coerce(v, etype, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -383,6 +406,16 @@ _RANGES: dict[str, tuple[typing.Callable[[Config], bool], str]] = {
     "model.stats_sequences": (lambda c: c.model.stats_sequences >= 1, ">= 1"),
     "model.rvq.levels": (lambda c: c.model.rvq.levels >= 1, ">= 1"),
     "model.rvq.codebook_size": (lambda c: c.model.rvq.codebook_size >= 2, ">= 2 codes"),
+    "model.context_streams": (lambda c: bool(c.model.context_streams)
+                              and set(c.model.context_streams) <= set(c.model.rvq.stream_levels),
+                              "a non-empty list of stream names (F, LH, RH, B, FB)"),
+    "model.rvq.fsq_streams": (lambda c: set(c.model.rvq.fsq_streams) <= set(c.model.rvq.stream_levels),
+                              "a list of stream names (F, LH, RH, B, FB)"),
+    "model.rvq.fsq_levels": (lambda c: not c.model.rvq.fsq_streams or (
+        c.model.rvq.fsq_grid and min(c.model.rvq.fsq_grid) >= 2
+        and math.prod(c.model.rvq.fsq_grid) == c.model.rvq.codebook_size),
+        "values >= 2 whose product is model.rvq.codebook_size when model.rvq.fsq_streams names a stream "
+        "([] works for a power-of-two codebook_size)"),
     "model.rvq.splits": (lambda c: c.model.rvq.splits >= 1 and c.model.latent_dim % c.model.rvq.splits == 0,
                          "a divisor of model.latent_dim"),
     "model.rvq.ema_decay": (lambda c: 0 <= c.model.rvq.ema_decay < 1, "in [0, 1)"),

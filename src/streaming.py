@@ -114,9 +114,10 @@ def step_model(model: SignTokenizer, precision: str = "fp32") -> SignTokenizer:
     if precision != "bf16":
         return model
     twin = bf16_weights(model)
-    twin.quantizer.rvq.shortlist = BF16_SHORTLIST
-    for level in twin.quantizer.rvq.levels:   # built now (~50 ms), not in the first chunk's latency
-        level._shortlist_tables()
+    if twin.quantizer.rvq is not None:   # streams with EMA codebooks (FSQ reads none)
+        twin.quantizer.rvq.shortlist = BF16_SHORTLIST
+        for level in twin.quantizer.rvq.levels:   # built now (~50 ms), not in the first chunk's latency
+            level._shortlist_tables()
     return twin
 
 

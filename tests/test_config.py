@@ -227,3 +227,19 @@ def test_threads_setting_and_flag(monkeypatch):
     assert cfg.threads == 2 and cfg.data.root == "R"  # the flags win over the overrides
     assert (cfg.train.epochs, cfg.train.lr) == (5, 0.5)
     assert load_config(CONFIGS / "tiny.yaml").threads == 0
+
+
+def test_fsq_levels_must_multiply_to_the_codebook_size():
+    cfg = load_config(None, ["model.rvq.fsq_streams=[F]", "model.rvq.fsq_levels=[8,5,5,5]",
+                             "model.rvq.codebook_size=1000"])
+    assert cfg.model.rvq.fsq_levels == [8, 5, 5, 5] and cfg.model.rvq.fsq_streams == ["F"]
+    with pytest.raises(ConfigError, match="model.rvq.fsq_levels.*product is model.rvq.codebook_size"):
+        load_config(None, ["model.rvq.fsq_streams=[F]", "model.rvq.fsq_levels=[8,5,5,5]"])
+    assert load_config(None, ["model.rvq.codebook_size=512"]).model.rvq.fsq_grid == [4, 4, 4, 4, 2]
+    assert load_config(None, ["model.rvq.fsq_streams=[]", "model.rvq.codebook_size=1000"]).model.rvq.fsq_grid == []
+    with pytest.raises(ConfigError, match="model.rvq.fsq_levels.*product.*power-of-two"):
+        load_config(None, ["model.rvq.codebook_size=1000"])
+    with pytest.raises(ConfigError, match="model.rvq.fsq_streams.*stream names"):
+        load_config(None, ["model.rvq.fsq_streams=[face]"])
+    with pytest.raises(ConfigError, match=r"model.rvq.fsq_levels\[1\]: expected int"):
+        load_config(None, ["model.rvq.fsq_levels=[8,x]"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from src.data import keypoints as kp
-from src.models.tokenizer import SignTokenizer, first_rows
+from src.models.tokenizer import Context, SignTokenizer, first_rows
 from tests.test_model import L, P, make_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,8 +23,8 @@ def batch(lengths: tuple[int, ...] = (3, 1, 4), seed: int = 0):
     return x, observed, chunk_mask
 
 
-def context_model(seed: int = 0) -> SignTokenizer:
-    model = make_model(seed, context="previous")
+def context_model(seed: int = 0, **overrides) -> SignTokenizer:
+    model = make_model(seed, context="previous", **overrides)
     g = torch.Generator().manual_seed(seed + 1)
     model.set_standardisation(torch.randn(P, 2, generator=g) * 0.1, torch.rand(P, 2, generator=g) + 0.5,
                               torch.rand(P, 2, generator=g) * 0.2 + 0.1)
@@ -81,6 +81,20 @@ def test_context_changes_what_a_chunk_is_coded_from():
     assert not torch.equal(a, b)
     with pytest.raises(ValueError, match="step or tokenize"):
         model.encode(x, observed)
+
+
+def test_only_the_context_streams_see_the_context():
+    """``model.context_streams: [B]``: a different decoded past changes the body's input and
+    nothing else; the other streams are coded as a first chunk is (from the mean pose)."""
+    model = context_model(context_streams=["B"])
+    assert list(model.context_in) == ["B"]
+    x, observed, _ = batch(lengths=(1,))
+    z = [model.encode_latent(x, observed, Context(ref, torch.tensor([first])))
+         for ref, first in ((x[:, -1], True), (x[:, -1] + 0.5, False), (x[:, -1] - 0.3, False))]
+    body = kp.STREAM_NAMES.index("B")
+    others = [s for s in range(len(kp.STREAM_NAMES)) if s != body]
+    assert torch.equal(z[0][:, others], z[1][:, others]) and torch.equal(z[1][:, others], z[2][:, others])
+    assert not torch.equal(z[1][:, body], z[2][:, body])
 
 
 def test_training_passes_update_the_codebooks_once_and_carry_gradients():

@@ -78,8 +78,9 @@ def test_forward_backward_shapes_and_every_parameter_gets_a_gradient(only_recon,
     for s in kp.STREAM_NAMES:  # every per-stream input projection and head is among them
         assert f"encoder.inputs.{s}.weight" in names and f"decoder.heads.{s}.weight" in names
         assert (f"encoder.linear.{s}.weight" in names) == (f"decoder.linear.{s}.weight" in names) == linear_path
+    assert any(name.startswith("quantizer.fsq.") for name in names)   # the face's FSQ projections
     for name, p in model.named_parameters():
-        assert name.startswith(("encoder.", "decoder."))
+        assert name.startswith(("encoder.", "decoder.", "quantizer.fsq."))
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name

@@ -18,6 +18,7 @@ from src.metrics.evaluate import chunk_units
 from src.metrics.recon import point_error_px
 from src.metrics.temporal import timeline_px
 from src.models.stitch import stitch_chunks
+from src.models.tokenizer import SignTokenizer
 from src.streaming import OnlineRLE, StreamingTokenizer, causal_codes, rebuild_entries, step_chunk, step_model
 from src.tokens.rle import rle_encode
 from src.tokens.sequence import codes_to_streams
@@ -111,6 +112,24 @@ def test_bf16_stream_equals_the_causal_offline_bf16_path(model_cfg, raw):
     plain = [step_chunk(twin, sample["x"][c], sample["conf"][c], None, precision="bf16")[0]
              for c in range(len(offline))]
     np.testing.assert_array_equal(np.stack(plain), offline)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fsq_face_and_body_context_stream_equals_the_causal_offline_path(model_cfg, raw, precision):
+    """A face on FSQ beside EMA codebooks and the body coded from its decoded past: the stream,
+    pushed in pieces, gives the causal offline path's codes (fp32 and the bf16 step model)."""
+    model, cfg = model_cfg
+    rvq = dataclasses.replace(cfg.model.rvq, fsq_streams=["F"], fsq_levels=[4, 4, 4], codebook_size=64)
+    mcfg = dataclasses.replace(cfg.model, rvq=rvq, context="previous", context_streams=["B"])
+    torch.manual_seed(0)
+    other = SignTokenizer(mcfg, cfg.data.chunk_len).eval()
+    other.set_standardisation(model.point_mean, model.point_std, model.point_std)
+    cfg = dataclasses.replace(cfg, model=mcfg)
+    sample = make_sample(raw, causal_cfg(cfg))
+    offline, _ = causal_codes(other, sample, precision=precision)
+    pieces, _ = stream_codes(StreamingTokenizer(other, cfg, precision=precision), raw, [1] * 25 + [7, 3])
+    np.testing.assert_array_equal(pieces, offline)
+    assert (offline[:, kp.STREAM_NAMES.index("F"), 0] >= 0).all() and len(np.unique(offline[:, 0, 0])) > 1
 
 
 def test_cleaner_measures_each_frame_as_the_offline_helpers(raw):

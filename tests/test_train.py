@@ -35,7 +35,8 @@ def test_checkpoint_holds_the_resumable_state(tiny_checkpoint):
     state = load_checkpoint(tiny_checkpoint)
     assert {"model", "optimizer", "scaler", "scheduler", "epoch", "step", "best", "config", "rng"} <= set(state)
     assert state["epoch"] == 2 and state["step"] > 0
-    assert state["model"]["quantizer.rvq.levels.0.embed_sum"].shape == (5, 64, 32)  # streams x codes x dim
+    assert state["model"]["quantizer.rvq.levels.0.embed_sum"].shape == (4, 64, 32)  # streams x codes x dim
+    assert state["model"]["quantizer.fsq.unused_steps"].shape == (2, 1, 64)         # the face on FSQ
     assert bool(state["model"]["quantizer.rvq.levels.1.initted"])
 
 
@@ -43,14 +44,20 @@ def _weights(path):
     return load_checkpoint(path)["model"]
 
 
-def test_resume_is_exact(synth_root, tmp_path):
+# A face on FSQ beside EMA codebooks, and a context model coding the body only from its past.
+FSQ_FACE_BODY_CONTEXT = ("model.rvq.fsq_streams=[F]", "model.rvq.fsq_levels=[4,4,4]",
+                         "model.context=previous", "model.context_streams=[B]")
+
+
+@pytest.mark.parametrize("extra", [(), FSQ_FACE_BODY_CONTEXT], ids=["ema", "fsq-face-body-context"])
+def test_resume_is_exact(synth_root, tmp_path, extra):
     """4 uninterrupted epochs == 2 epochs, stop, resume for 2 more (fixed seed, CPU)."""
-    cfg = tiny_config(synth_root, tmp_path / "a", "train.epochs=4", "train.token_samples_every=0")
+    cfg = tiny_config(synth_root, tmp_path / "a", "train.epochs=4", "train.token_samples_every=0", *extra)
     full = train(cfg)
     stopped = tmp_path / "stopped"
     stopped.mkdir()
     shutil.copy(full / "ckpt_epoch2.pt", stopped / "ckpt_last.pt")  # what a run stopped after epoch 2 leaves
-    cfg = tiny_config(synth_root, tmp_path / "b", "train.epochs=4", "train.token_samples_every=0")
+    cfg = tiny_config(synth_root, tmp_path / "b", "train.epochs=4", "train.token_samples_every=0", *extra)
     resumed = train(cfg, resume=str(stopped / "ckpt_last.pt"))
     a, b = _weights(full / "ckpt_last.pt"), _weights(resumed / "ckpt_last.pt")
     assert a.keys() == b.keys()

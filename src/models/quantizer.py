@@ -14,6 +14,7 @@ and broadcast, so every rank holds the same codebooks after every step.
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,17 @@ from src.data import keypoints as kp
 
 # Codebook.encode_shortlist's first pass on CPU: torch's weight-only int8 matmul (bf16 in and out)
 _INT8_FIRST_PASS = hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
+def _hardware_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AMX or AVX512-BF16)."""
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return any(probe is not None and probe() for probe in probes)
+
+
+# The usage term's gradient matmul (N x K by K x D per level) in bf16 on such CPUs: 16x faster than
+# fp32 at 4096 x 1024 x 256 (AMX), for a regulariser's gradient rounded to 3 significant digits.
+_BF16_USAGE_GRAD = _hardware_bf16()
 
 
 def _distributed() -> bool:
@@ -313,18 +325,24 @@ def _usage_forward(dists: torch.Tensor, d_min: torch.Tensor, temperature: float)
 _ROW_BLOCK = 256   # rows per block of the usage passes: 1 MiB at 1024 codes, in a core's L2 cache
 
 
-def _usage_grad_logits(grad: torch.Tensor, exps: torch.Tensor, z: torch.Tensor, usage: torch.Tensor) -> torch.Tensor:
+def _usage_grad_logits(grad: torch.Tensor, exps: torch.Tensor, z: torch.Tensor, usage: torch.Tensor,
+                       dtype: torch.dtype | None = None) -> torch.Tensor:
     """z times d loss / d logits (G, N, K), through the log, the mean over rows and the softmax,
-    written into ``exps`` (the unnormalised probabilities; the caller divides by z per row)."""
+    written into ``exps`` (the unnormalised probabilities; the caller divides by z per row), or
+    with ``dtype`` into a new tensor of that type (the cast made in the same pass)."""
     scaled = usage * exps.shape[-1]
     g = grad[:, None] * (torch.log(scaled + 1e-12) + scaled / (scaled + 1e-12)) / exps.shape[1]  # dL/dp (G, K)
     mean_g = torch.bmm(exps, g[..., None]) / z                  # sum_k p g per row (G, N, 1)
     # softmax backward p (g - sum_k p g), times z, in place by blocks of rows, through one
     # reused (rows, K) buffer: a fresh temporary per block costs fresh pages (~5x the pass).
     factor = exps.new_empty(exps.shape[0], min(_ROW_BLOCK, exps.shape[1]), exps.shape[2])
-    for block, m in zip(exps.split(_ROW_BLOCK, 1), mean_g.split(_ROW_BLOCK, 1)):
-        block.mul_(torch.sub(g[:, None, :], m, out=factor[:, :block.shape[1]]))
-    return exps
+    out = exps if dtype is None else torch.empty_like(exps, dtype=dtype)
+    for block, o, m in zip(exps.split(_ROW_BLOCK, 1), out.split(_ROW_BLOCK, 1), mean_g.split(_ROW_BLOCK, 1)):
+        f = torch.sub(g[:, None, :], m, out=factor[:, :block.shape[1]])
+        # a cast in a separate pass over the cached block: torch.mul(..., out=o) of another
+        # dtype made a temporary of the whole product (4x slower)
+        block.mul_(f) if out is exps else o.copy_(f.mul_(block))
+    return out
 
 
 class _UsageKL(torch.autograd.Function):
@@ -370,8 +388,9 @@ class _LevelLosses(torch.autograd.Function):
         usage, exps, z, u, scale = _usage_forward(dists, d_min, temperature)
         grad_usage = None
         if ctx.needs_input_grad[0]:
-            logits_grad = _usage_grad_logits(torch.ones_like(usage), exps, z, u)
-            grad_usage = torch.bmm(logits_grad, embed).mul_(-2.0 / (scale * z))      # (G, N, D)
+            low = _BF16_USAGE_GRAD and x.device.type == "cpu" and x.dtype == torch.float32
+            logits_grad = _usage_grad_logits(torch.ones_like(usage), exps, z, u, torch.bfloat16 if low else None)
+            grad_usage = torch.bmm(logits_grad, embed.to(logits_grad.dtype)).float().mul_(-2.0 / (scale * z))  # (G, N, D)
         ctx.save_for_backward(diff, grad_usage)
         return commit, usage
 
@@ -441,8 +460,9 @@ class ResidualQuantizer(nn.Module):
         # in fp32 (Codebook.encode_shortlist); set on the bf16 streaming copy only, never trained with.
         self.shortlist = 0
 
-    def prepare(self, z: torch.Tensor) -> torch.Tensor:
-        # Cosine mode puts the latent on the unit sphere; residual levels stay euclidean.
+    def target(self, z: torch.Tensor) -> torch.Tensor:
+        """(G, N, D) latents -> what the levels' codewords add up to approximate: the latents, or
+        in cosine mode the latents on the unit sphere (the residual levels stay euclidean)."""
         return nn.functional.normalize(z, dim=-1) if self.cosine else z
 
     def forward(self, z: torch.Tensor, num_active: torch.Tensor | None = None) -> QuantizedResult:
@@ -452,7 +472,7 @@ class ResidualQuantizer(nn.Module):
         the end (the EnCodec/audiocraft fix), with the value of ``out + (x - x.detach())``:
         exactly the sum of codewords, bit for bit equal to ``decode(codes)``.
         """
-        x = self.prepare(z)
+        x = self.target(z)
         residual, out = x, None
         codes, commits, usages = [], [], []
         for i, level in enumerate(self.levels):
@@ -477,7 +497,7 @@ class ResidualQuantizer(nn.Module):
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z (G, N, D) -> codes (G, N, levels); the export and streaming path."""
-        residual, codes, caps = self.prepare(z), [], self.group_levels.tolist()
+        residual, codes, caps = self.target(z), [], self.group_levels.tolist()
         for i, level in enumerate(self.levels):
             # Only the groups that code this level are compared with its codebooks (F and FB
             # code 1 of the default 2 levels: 2 of 5 codebooks of level 2 are never read).
@@ -498,11 +518,122 @@ class ResidualQuantizer(nn.Module):
             out = out + level.decode(codes[..., i])
         return out
 
+    approximate = decode   # codewords live in the latent space itself (cf. ResidualFSQ)
+
+
+class ResidualFSQ(nn.Module):
+    """Residual finite scalar quantisation (FSQ, Mentzer et al. 2023; residual levels as
+    vector-quantize-pytorch's ResidualFSQ): an implicit codebook in place of learned codewords.
+
+    Per group, the latent (D) is projected to ``len(grid)`` numbers; level i rounds what the
+    levels before it left over on a fixed grid of ``grid[j]`` values per number, at a scale
+    of ``(grid - 1)^-i``; the sum is projected back to D. A code is the mixed-radix index of
+    one level's rounded numbers: ``prod(grid)`` codes per token, none of which can die, so
+    more bits per token cost no codebook state, no usage term and no distance matmul.
+    The interface is :class:`ResidualQuantizer`'s; the losses it returns are zero.
+    """
+
+    def __init__(self, dim: int, cfg: RVQConfig, groups: int = 1, group_levels: list[int] | None = None):
+        super().__init__()
+        grid = torch.tensor(cfg.fsq_grid, dtype=torch.long)
+        d = len(grid)
+        self.num_levels = cfg.levels
+        self.project_in = nn.Parameter(torch.randn(groups, dim, d) * dim ** -0.5)
+        self.bias_in = nn.Parameter(torch.zeros(groups, d))
+        self.project_out = nn.Parameter(torch.randn(groups, d, dim) * d ** -0.5)
+        self.bias_out = nn.Parameter(torch.zeros(groups, dim))
+        caps = torch.tensor(group_levels if group_levels is not None else [cfg.levels] * groups)
+        self.register_buffer("group_levels", caps.clamp(1, cfg.levels), persistent=False)
+        basis = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), grid[:-1]]), 0)
+        self.register_buffer("grid", grid, persistent=False)
+        self.register_buffer("basis", basis, persistent=False)
+        # Each level's step relative to the first: the residual after rounding fits the next grid.
+        scales = (grid.double() - 1)[None] ** -torch.arange(cfg.levels, dtype=torch.double)[:, None]
+        self.register_buffer("scales", scales.float(), persistent=False)   # (levels, d)
+        # Codes seen per level (training batches), for the health report as the EMA codebooks'.
+        self.register_buffer("unused_steps", torch.zeros(cfg.levels, groups, cfg.codebook_size, dtype=torch.long))
+
+    def target(self, z: torch.Tensor) -> torch.Tensor:
+        """(G, N, D) latents -> (G, N, d): what the levels' rounded numbers add up to approximate."""
+        return torch.baddbmm(self.bias_in[:, None], z, self.project_in)
+
+    def _round(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """FSQ's bound and round of (G, N, d) -> values in [-1, 1] (straight-through) and codes (G, N)."""
+        half_l = (self.grid - 1) * (1 + 1e-3) / 2
+        offset = (self.grid % 2 == 0).to(u.dtype) * 0.5    # an even grid rounds to -L/2 .. L/2 - 1
+        bounded = torch.tanh(u + torch.atanh(offset / half_l)) * half_l - offset
+        rounded = _StraightThrough.apply(bounded.detach().round(), bounded)
+        half_w = self.grid // 2
+        digits = rounded.detach().long() + half_w
+        return rounded / half_w, (digits * self.basis).sum(-1)
+
+    def _values(self, codes: torch.Tensor, level: int) -> torch.Tensor:
+        """(G, N) codes of one level -> (G, N, d) their scaled grid values; code -1 gives 0."""
+        half_w = self.grid // 2
+        digits = codes.clamp_min(0)[..., None] // self.basis % self.grid
+        return (digits - half_w) / half_w * self.scales[level] * (codes >= 0)[..., None]
+
+    def _project_out(self, v: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias_out[:, None], v, self.project_out)
+
+    def forward(self, z: torch.Tensor, num_active: torch.Tensor | None = None) -> QuantizedResult:
+        """z (G, N, D) -> quantized (G, N, D), codes (G, N, levels), zero losses (G,)."""
+        residual = self.target(z)
+        out = torch.zeros_like(residual)
+        codes = []
+        for i in range(self.num_levels):
+            values, code = self._round(residual / self.scales[i])
+            on = (self.group_levels > i)[:, None]
+            if num_active is not None:
+                on = on & (num_active > i)[None]
+            values = values * self.scales[i] * on[..., None].to(values.dtype)
+            code = torch.where(on, code, -1)
+            residual = residual - values.detach()
+            out = out + values   # the same values as decode(codes), bit for bit (tested)
+            codes.append(code)
+        codes = torch.stack(codes, -1)
+        if self.training:
+            self._count(codes)
+        zero = z.new_zeros(z.shape[0])
+        return QuantizedResult(self._project_out(out), codes, zero, zero)
+
+    @torch.no_grad()
+    def _count(self, codes: torch.Tensor) -> None:
+        used = torch.zeros_like(self.unused_steps, dtype=torch.bool)
+        for i in range(self.num_levels):
+            c = codes[..., i]
+            g = torch.arange(c.shape[0], device=c.device)[:, None].expand_as(c)
+            used[i][g[c >= 0], c[c >= 0]] = True
+        used = _all_reduce(used.to(torch.int32)) > 0
+        self.unused_steps.add_(1).masked_fill_(used, 0)
+
+    @torch.no_grad()
+    def encode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (G, N, D) -> codes (G, N, levels); rounding only, no codebook is read."""
+        residual, codes = self.target(z), []
+        for i in range(self.num_levels):
+            _, code = self._round(residual / self.scales[i])
+            code = torch.where((self.group_levels > i)[:, None], code, -1)
+            residual = residual - self._values(code, i)
+            codes.append(code)
+        return torch.stack(codes, -1)
+
+    def approximate(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (G, N, k) -> (G, N, d): the first k levels' values, in :meth:`target`'s space."""
+        return sum((self._values(codes[..., i], i) for i in range(codes.shape[-1])),
+                   torch.zeros(*codes.shape[:2], len(self.grid), device=codes.device))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (G, N, levels) -> (G, N, D)."""
+        return self._project_out(self.approximate(codes))
+
 
 class MultiStreamRVQ(nn.Module):
     """A residual quantiser whose groups are the five streams (own codebooks, own id space).
 
     Each stream codes ``cfg.stream_levels[stream]`` levels; its codes past those are -1.
+    The streams of ``cfg.fsq_streams`` are quantised by :class:`ResidualFSQ` (``self.fsq``),
+    the others by the EMA codebooks of :class:`ResidualQuantizer` (``self.rvq``).
 
     With ``splits`` > 1 each stream's latent is cut into that many parts, each quantised by
     codebooks of its own (a product of residual quantisers): group ``s * splits + p`` holds
@@ -516,13 +647,41 @@ class MultiStreamRVQ(nn.Module):
             raise ValueError(f"model.rvq.splits must be >= 1 and divide model.latent_dim={dim}, got {cfg.splits}")
         self.num_levels, self.codebook_size, self.splits = cfg.levels, cfg.codebook_size, cfg.splits
         self.codes_per_stream = cfg.codes_per_stream
-        levels = [cfg.stream_codes(name) // cfg.splits for name in kp.STREAM_NAMES for _ in range(cfg.splits)]
-        self.rvq = ResidualQuantizer(dim // cfg.splits, cfg, len(kp.STREAMS) * cfg.splits, levels)
+        names = [name for name in kp.STREAM_NAMES for _ in range(cfg.splits)]     # per group
+        levels = [cfg.stream_codes(name) // cfg.splits for name in names]
+        fsq = [name in cfg.fsq_streams for name in names]
+        self.rvq = self.fsq = None
+        self._parts: list[tuple[str, list[int]]] = []   # (attribute, its groups)
+        for name, kind, groups in (("rvq", ResidualQuantizer, [g for g, f in enumerate(fsq) if not f]),
+                                   ("fsq", ResidualFSQ, [g for g, f in enumerate(fsq) if f])):
+            if groups:
+                setattr(self, name, kind(dim // cfg.splits, cfg, len(groups), [levels[g] for g in groups]))
+                self._parts.append((name, groups))
+        order = [g for _, groups in self._parts for g in groups]
+        # Results of the parts, concatenated, are put back in group order by this index (None: in order).
+        self._order = None if order == sorted(order) else torch.tensor(order).argsort()
+
+    def _each(self, fn: typing.Callable[[nn.Module, torch.Tensor], torch.Tensor], x: torch.Tensor,
+              *more: torch.Tensor) -> torch.Tensor:
+        """``fn(quantizer, x[its groups], ...)`` for each quantiser, back in group order: (G, ...)."""
+        if len(self._parts) == 1:
+            return fn(getattr(self, self._parts[0][0]), x, *more)
+        return self._in_order([fn(getattr(self, name), x[groups], *(m[groups] for m in more))
+                               for name, groups in self._parts])
+
+    def _in_order(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The quantisers' results (their groups' rows, in ``_parts`` order) -> (G, ...) in group order."""
+        out = torch.cat(parts)
+        return out if self._order is None else out[self._order.to(out.device)]
 
     def codebook(self, stream: str, code: int) -> dict[str, torch.Tensor]:
         """The buffers (views) behind one of a stream's codes per chunk, e.g. for health reports."""
         level, part = divmod(code, self.splits)
         g = kp.STREAM_NAMES.index(stream) * self.splits + part
+        name, groups = next((name, groups) for name, groups in self._parts if g in groups)
+        g = groups.index(g)
+        if name == "fsq":   # an implicit codebook: no codewords, no restarts
+            return {"unused_steps": self.fsq.unused_steps[level, g], "dead_after": None}
         cb = self.rvq.levels[level]
         return {"embed": cb.embed[g], "cluster_size": cb.cluster_size[g], "unused_steps": cb.unused_steps[g],
                 "dead_after": cb.dead_after}
@@ -549,7 +708,11 @@ class MultiStreamRVQ(nn.Module):
         Always fp32, also under autocast: bf16 distances would pick wrong nearest codes.
         """
         with torch.autocast(z.device.type, enabled=False):
-            r = self.rvq(self._groups(z), num_active)
+            x = self._groups(z)
+            parts = [getattr(self, name)(x if len(self._parts) == 1 else x[groups], num_active)
+                     for name, groups in self._parts]
+        r = parts[0] if len(parts) == 1 else QuantizedResult(*(
+            self._in_order([getattr(p, f) for p in parts]) for f in ("quantized", "codes", "commit_loss", "usage_loss")))
         commit, usage = (t.view(-1, self.splits).mean(1) for t in (r.commit_loss, r.usage_loss))
         return QuantizedResult(self._streams(r.quantized), self._stream_codes(r.codes), commit, usage)
 
@@ -557,25 +720,36 @@ class MultiStreamRVQ(nn.Module):
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z (N, S, D) -> codes (N, S, codes_per_stream)."""
         with torch.autocast(z.device.type, enabled=False):
-            return self._stream_codes(self.rvq.encode(self._groups(z)))
+            return self._stream_codes(self._each(lambda q, x: q.encode(x), self._groups(z)))
 
     @torch.no_grad()
     def encode_with_residuals(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes (N, S, codes_per_stream) and the norm of the stream's latent left after each
-        level, relative to the latent's (N, S, levels): the exact error of decoding the first
-        k levels, as adaptive depth uses them."""
+        """Codes (N, S, codes_per_stream) and the norm of the stream's target (the latent, or
+        FSQ's projection of it) left after each level, relative to the target's (N, S, levels):
+        the exact error of decoding the first k levels, as adaptive depth uses them."""
         codes = self.encode(z)
         with torch.autocast(z.device.type, enabled=False):
-            x = self._streams(self.rvq.prepare(self._groups(z)))
-        scale = x.norm(dim=-1).clamp_min(1e-8)
-        left = [(x - self.decode(codes[..., :k * self.splits])).norm(dim=-1) / scale
-                for k in range(1, self.num_levels + 1)]
-        return codes, torch.stack(left, -1)
+            groups = self._group_codes(codes)
 
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (N, S, k * splits) -> (N, S, D): the first k levels of every part."""
+            def squares(q: nn.Module, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+                """|target|^2 and |target - first k levels|^2 per group and row: (g, N, 1 + levels)."""
+                t = q.target(x)
+                left = [(t - q.approximate(c[..., :k])).square().sum(-1) for k in range(1, self.num_levels + 1)]
+                return torch.stack([t.square().sum(-1)] + left, -1)
+
+            sq = self._each(squares, self._groups(z), groups)
+        g, n, m = sq.shape
+        norms = sq.view(g // self.splits, self.splits, n, m).sum(1).sqrt().transpose(0, 1)  # (N, S, 1 + levels)
+        return codes, norms[..., 1:] / norms[..., :1].clamp_min(1e-8)
+
+    def _group_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`_stream_codes` for the first k levels: (N, S, k * splits) -> (S * splits, N, k)."""
         n, s, m = codes.shape
         if m % self.splits:
             raise ValueError(f"decode needs whole levels: {m} codes per stream, {self.splits} parts per level")
         groups = codes.reshape(n, s, m // self.splits, self.splits).permute(1, 3, 0, 2)  # (S, splits, N, k)
-        return self._streams(self.rvq.decode(groups.reshape(s * self.splits, n, -1)))
+        return groups.reshape(s * self.splits, n, -1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (N, S, k * splits) -> (N, S, D): the first k levels of every part."""
+        return self._streams(self._each(lambda q, c: q.decode(c), self._group_codes(codes)))

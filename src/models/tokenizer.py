@@ -1,8 +1,9 @@
 """The multi-stream sign tokenizer: chunk encoder -> per-stream RVQ -> chunk decoder.
 
-With ``model.context: previous`` each chunk is coded relative to the decoded last frame
-of the chunk before it (closed-loop predictive coding, as in streaming audio codecs): the
-encoder sees the chunk minus that frame and the frame itself, the decoder adds it back.
+With ``model.context: previous`` each chunk of the streams in ``model.context_streams`` is
+coded relative to the decoded last frame of the chunk before it (closed-loop predictive
+coding, as in streaming audio codecs): the encoder sees the chunk minus that frame and the
+frame itself, the decoder adds it back; the other streams are coded as without context.
 The context is what the decoder had, never a later frame, so streaming keeps a latency of
 one chunk; a sequence's first chunk is coded from the mean pose.
 """
@@ -69,7 +70,12 @@ class SignTokenizer(nn.Module):
             # The context frame (standardised) and a first-chunk flag, per stream, to one
             # vector added to every frame token of the encoder and of the decoder.
             self.context_in = nn.ModuleDict({
-                s.name: nn.Linear(2 * s.num_keypoints + 1, cfg.width) for s in kp.STREAMS})
+                s.name: nn.Linear(2 * s.num_keypoints + 1, cfg.width) for s in kp.STREAMS if s.name in cfg.context_streams})
+            # Points of the streams coded from the context; the others always from the mean pose.
+            on = torch.zeros(kp.NUM_STREAM_POINTS, dtype=torch.bool)
+            for name in cfg.context_streams:
+                on[kp.STREAM_SLICES[name]] = True
+            self.register_buffer("context_points", on, persistent=False)
 
     def set_standardisation(self, mean: torch.Tensor, std: torch.Tensor,
                             delta_std: torch.Tensor | None = None) -> None:
@@ -86,12 +92,13 @@ class SignTokenizer(nn.Module):
         """Reference pose (N or 1, 1, P, 2), scale and conditioning (N, S, width) of each row."""
         if ctx is None:
             return self.point_mean, self.point_std, None
-        first = ctx.first[:, None, None]
+        first = ctx.first[:, None, None] | ~self.context_points[:, None]   # (N, P, 1)
         ref = torch.where(first, self.point_mean, ctx.ref)
         scale = torch.where(first, self.point_std, self.delta_std)
         pose = (ref - self.point_mean) / self.point_std  # (N, P, 2); 0 for a first chunk
         flag = ctx.first[:, None].to(pose.dtype)
         cond = torch.stack([self.context_in[name](torch.cat([pose[:, sl].flatten(1), flag], 1))
+                            if name in self.context_in else pose.new_zeros(len(pose), self.cfg.width)
                             for name, sl in kp.STREAM_SLICES.items()], dim=1)
         return ref[:, None], scale[:, None], cond
 

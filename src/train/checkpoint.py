@@ -99,10 +99,14 @@ def config_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint
     """Rebuild the config the checkpoint was trained with.
 
     A checkpoint saved before ``data.reference`` existed coded every point without a reference
-    pose: it reads as ``none``, not as today's default.
+    pose: it reads as ``none``, not as today's default; one saved before
+    ``model.rvq.fsq_streams`` had EMA codebooks on every stream: it reads as ``[]``.
     """
     values = dict(state["config"])
     values["data"] = {"reference": "none", **values.get("data", {})}
+    model = dict(values.get("model", {}))
+    model["rvq"] = {"fsq_streams": [], **model.get("rvq", {})}
+    values["model"] = model
     try:
         return from_dict(values)
     except ConfigError as e:
