@@ -547,6 +547,12 @@ class ResidualFSQ(nn.Module):
         basis = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), grid[:-1]]), 0)
         self.register_buffer("grid", grid, persistent=False)
         self.register_buffer("basis", basis, persistent=False)
+        # FSQ's bound: tanh(u + shift) * half_l - offset lies within (-L/2, L/2): L integers round from it
+        half_l = (grid.double() - 1) * (1 + 1e-3) / 2
+        offset = (grid % 2 == 0).double() * 0.5    # an even grid rounds to -L/2 .. L/2 - 1
+        for name, value in (("half_l", half_l), ("offset", offset), ("shift", torch.atanh(offset / half_l)),
+                            ("half_w", (grid // 2).double())):
+            self.register_buffer(name, value.float(), persistent=False)
         # Each level's step relative to the first: the residual after rounding fits the next grid.
         scales = (grid.double() - 1)[None] ** -torch.arange(cfg.levels, dtype=torch.double)[:, None]
         self.register_buffer("scales", scales.float(), persistent=False)   # (levels, d)
@@ -557,21 +563,20 @@ class ResidualFSQ(nn.Module):
         """(G, N, D) latents -> (G, N, d): what the levels' rounded numbers add up to approximate."""
         return torch.baddbmm(self.bias_in[:, None], z, self.project_in)
 
-    def _round(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """FSQ's bound and round of (G, N, d) -> values in [-1, 1] (straight-through) and codes (G, N)."""
-        half_l = (self.grid - 1) * (1 + 1e-3) / 2
-        offset = (self.grid % 2 == 0).to(u.dtype) * 0.5    # an even grid rounds to -L/2 .. L/2 - 1
-        bounded = torch.tanh(u + torch.atanh(offset / half_l)) * half_l - offset
-        rounded = _StraightThrough.apply(bounded.detach().round(), bounded)
-        half_w = self.grid // 2
-        digits = rounded.detach().long() + half_w
-        return rounded / half_w, (digits * self.basis).sum(-1)
+    def _round(self, u: torch.Tensor, straight_through: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """FSQ's bound and round of (G, N, d) -> values in [-1, 1] (with the identity gradient to
+        ``u``'s bounded value when ``straight_through``) and codes (G, N)."""
+        bounded = torch.tanh(u + self.shift) * self.half_l - self.offset
+        rounded = bounded.round()
+        if straight_through:
+            rounded = _StraightThrough.apply(rounded.detach(), bounded)
+        digits = rounded.detach() + self.half_w
+        return rounded / self.half_w, (digits.long() * self.basis).sum(-1)
 
     def _values(self, codes: torch.Tensor, level: int) -> torch.Tensor:
         """(G, N) codes of one level -> (G, N, d) their scaled grid values; code -1 gives 0."""
-        half_w = self.grid // 2
         digits = codes.clamp_min(0)[..., None] // self.basis % self.grid
-        return (digits - half_w) / half_w * self.scales[level] * (codes >= 0)[..., None]
+        return (digits - self.half_w) / self.half_w * self.scales[level] * (codes >= 0)[..., None]
 
     def _project_out(self, v: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias_out[:, None], v, self.project_out)
@@ -612,7 +617,7 @@ class ResidualFSQ(nn.Module):
         """z (G, N, D) -> codes (G, N, levels); rounding only, no codebook is read."""
         residual, codes = self.target(z), []
         for i in range(self.num_levels):
-            _, code = self._round(residual / self.scales[i])
+            _, code = self._round(residual / self.scales[i], straight_through=False)
             code = torch.where((self.group_levels > i)[:, None], code, -1)
             residual = residual - self._values(code, i)
             codes.append(code)
