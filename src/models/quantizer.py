@@ -664,7 +664,8 @@ class MultiStreamRVQ(nn.Module):
                 self._parts.append((name, groups))
         order = [g for _, groups in self._parts for g in groups]
         # Results of the parts, concatenated, are put back in group order by this index (None: in order).
-        self._order = None if order == sorted(order) else torch.tensor(order).argsort()
+        self.register_buffer("order", None if order == sorted(order) else torch.tensor(order).argsort(),
+                             persistent=False)
 
     def _each(self, fn: typing.Callable[[nn.Module, torch.Tensor], torch.Tensor], x: torch.Tensor,
               *more: torch.Tensor) -> torch.Tensor:
@@ -677,7 +678,7 @@ class MultiStreamRVQ(nn.Module):
     def _in_order(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """The quantisers' results (their groups' rows, in ``_parts`` order) -> (G, ...) in group order."""
         out = torch.cat(parts)
-        return out if self._order is None else out[self._order.to(out.device)]
+        return out if self.order is None else out[self.order]
 
     def codebook(self, stream: str, code: int) -> dict[str, torch.Tensor]:
         """The buffers (views) behind one of a stream's codes per chunk, e.g. for health reports."""
