@@ -577,7 +577,8 @@ def targets(report: dict[str, Any], model_cfg: ModelConfig) -> dict[str, bool]:
         # export: at least 90% of the fp32 ceiling (every FLOP at this run's 1-thread matmul peak),
         # in fp32 or in bf16, the accepted CPU precision (600 chunks/s was above the fp32 ceiling)
         "export_fp32_ge_0.9_ceiling": e["encode_peak_frac"] >= 0.9,
-        "export_bf16_ge_0.9_ceiling": e["encode_chunks_per_s_1thread_bf16"] >= 0.9 * e["encode_chunks_per_s_1thread_at_peak"],
+        "export_bf16_ge_0.9_ceiling":
+            e["encode_chunks_per_s_1thread_bf16"] >= 0.9 * e["encode_chunks_per_s_1thread_at_peak"],
         "pack_speedup_load_cold_x_ge_5": d["pack_speedup_load_cold_x"] >= 5,
         "stream_chunk_ms_p50_le_5": report["stream"]["stream_chunk_ms_p50"] <= 5.0,
         "stream_chunk_ms_p50_bf16_le_5": report["stream"]["stream_chunk_ms_p50_bf16"] <= 5.0,

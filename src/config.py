@@ -75,6 +75,12 @@ class RVQConfig:
     # codebook_size). [] = fours (and a two): 1024 -> [4, 4, 4, 4, 4], 256 -> [4, 4, 4, 4].
     fsq_streams: list[str] = field(default_factory=lambda: ["F"])
     fsq_levels: list[int] = field(default_factory=list)
+    splits: int = 1                  # parts of each stream's latent with codebooks of their own; a chunk
+    #                                  then has levels x splits codes per stream (level-major order)
+    # Residual levels each stream codes (at most ``levels``): the rate is set per stream.
+    # 1+2+2+2+1 = 8 codes per chunk, the specification's 4-8 (24 tokens per second at most).
+    stream_levels: dict[str, int] = field(
+        default_factory=lambda: {"F": 1, "LH": 2, "RH": 2, "B": 2, "FB": 1})
 
     @property
     def fsq_grid(self) -> list[int]:
@@ -86,12 +92,6 @@ class RVQConfig:
         if self.codebook_size < 2 or 1 << bits != self.codebook_size:
             return []
         return [4] * (bits // 2) + [2] * (bits % 2)
-    splits: int = 1                  # parts of each stream's latent with codebooks of their own; a chunk
-    #                                  then has levels x splits codes per stream (level-major order)
-    # Residual levels each stream codes (at most ``levels``): the rate is set per stream.
-    # 1+2+2+2+1 = 8 codes per chunk, the specification's 4-8 (24 tokens per second at most).
-    stream_levels: dict[str, int] = field(
-        default_factory=lambda: {"F": 1, "LH": 2, "RH": 2, "B": 2, "FB": 1})
 
     @property
     def codes_per_stream(self) -> int:

@@ -68,13 +68,17 @@ def test_resume_is_exact(synth_root, tmp_path, extra):
     assert not torch.allclose(mid["decoder.heads.LH.weight"], b["decoder.heads.LH.weight"])
 
 
-def test_checkpoint_from_before_reference_poses_reads_as_none(tiny_checkpoint):
+def test_checkpoint_from_before_reference_poses_and_fsq_reads_as_none(tiny_checkpoint):
+    """Settings a checkpoint predates read as the coding it was trained with, not today's default."""
     from src.train.checkpoint import config_from_checkpoint
 
     state = load_checkpoint(tiny_checkpoint)
     assert config_from_checkpoint(state).data.reference == state["config"]["data"]["reference"]
+    assert config_from_checkpoint(state).model.rvq.fsq_streams == ["F"]
     del state["config"]["data"]["reference"]
-    assert config_from_checkpoint(state).data.reference == "none"
+    del state["config"]["model"]["rvq"]["fsq_streams"]
+    old = config_from_checkpoint(state)
+    assert old.data.reference == "none" and old.model.rvq.fsq_streams == []
 
 
 def test_mismatched_checkpoint_names_file_and_keys(tiny_checkpoint, synth_root, tmp_path):

@@ -69,8 +69,8 @@ class SignTokenizer(nn.Module):
             self.register_buffer("delta_std", torch.ones(kp.NUM_STREAM_POINTS, 2))
             # The context frame (standardised) and a first-chunk flag, per stream, to one
             # vector added to every frame token of the encoder and of the decoder.
-            self.context_in = nn.ModuleDict({
-                s.name: nn.Linear(2 * s.num_keypoints + 1, cfg.width) for s in kp.STREAMS if s.name in cfg.context_streams})
+            self.context_in = nn.ModuleDict({s.name: nn.Linear(2 * s.num_keypoints + 1, cfg.width)
+                                             for s in kp.STREAMS if s.name in cfg.context_streams})
             # Points of the streams coded from the context; the others always from the mean pose.
             on = torch.zeros(kp.NUM_STREAM_POINTS, dtype=torch.bool)
             for name in cfg.context_streams:
