@@ -536,6 +536,9 @@ class ResidualFSQ(nn.Module):
     def __init__(self, dim: int, cfg: RVQConfig, groups: int = 1, group_levels: list[int] | None = None):
         super().__init__()
         grid = torch.tensor(cfg.fsq_grid, dtype=torch.long)
+        if not len(grid) or int(grid.prod()) != cfg.codebook_size:
+            raise ValueError(f"model.rvq.fsq_levels {cfg.fsq_grid} must multiply to model.rvq.codebook_size "
+                             f"{cfg.codebook_size}")
         d = len(grid)
         self.num_levels = cfg.levels
         self.project_in = nn.Parameter(torch.randn(groups, dim, d) * dim ** -0.5)
@@ -547,9 +550,9 @@ class ResidualFSQ(nn.Module):
         basis = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), grid[:-1]]), 0)
         self.register_buffer("grid", grid, persistent=False)
         self.register_buffer("basis", basis, persistent=False)
-        # FSQ's bound: tanh(u + shift) * half_l - offset lies within (-L/2, L/2): L integers round from it
+        # FSQ's bound, tanh(u + shift) * half_l - offset, rounds to the L integers -(L // 2) .. (L - 1) // 2
         half_l = (grid.double() - 1) * (1 + 1e-3) / 2
-        offset = (grid % 2 == 0).double() * 0.5    # an even grid rounds to -L/2 .. L/2 - 1
+        offset = (grid % 2 == 0).double() * 0.5
         for name, value in (("half_l", half_l), ("offset", offset), ("shift", torch.atanh(offset / half_l)),
                             ("half_w", (grid // 2).double())):
             self.register_buffer(name, value.float(), persistent=False)
