@@ -547,6 +547,7 @@ class ResidualFSQ(nn.Module):
         self.bias_out = nn.Parameter(torch.zeros(groups, dim))
         caps = torch.tensor(group_levels if group_levels is not None else [cfg.levels] * groups)
         self.register_buffer("group_levels", caps.clamp(1, cfg.levels), persistent=False)
+        self.caps = self.group_levels.tolist()
         basis = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), grid[:-1]]), 0)
         self.register_buffer("grid", grid, persistent=False)
         self.register_buffer("basis", basis, persistent=False)
@@ -590,6 +591,9 @@ class ResidualFSQ(nn.Module):
         out = torch.zeros_like(residual)
         codes = []
         for i in range(self.num_levels):
+            if i >= max(self.caps):   # no group codes this level (the face: 1 of 2)
+                codes.append(torch.full(residual.shape[:2], -1, dtype=torch.long, device=z.device))
+                continue
             values, code = self._round(residual / self.scales[i])
             on = (self.group_levels > i)[:, None]
             if num_active is not None:
@@ -620,6 +624,9 @@ class ResidualFSQ(nn.Module):
         """z (G, N, D) -> codes (G, N, levels); rounding only, no codebook is read."""
         residual, codes = self.target(z), []
         for i in range(self.num_levels):
+            if i >= max(self.caps):
+                codes.append(torch.full(residual.shape[:2], -1, dtype=torch.long, device=z.device))
+                continue
             _, code = self._round(residual / self.scales[i], straight_through=False)
             code = torch.where((self.group_levels > i)[:, None], code, -1)
             residual = residual - self._values(code, i)
