@@ -21,7 +21,7 @@ import torch
 from src.config import Config
 from src.data import keypoints as kp
 from src.data.causal import CausalCleaner, CausalFrames, causal_centres, concat_frames
-from src.data.pose import chunk, normalise, pose_references
+from src.data.pose import chunk, normalise, subtract_references
 from src.inference import bf16_weights, load_tokenizer, precision_context, to_pixels
 from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer
@@ -211,11 +211,8 @@ class StreamingTokenizer:
         self.seen_rows |= frames.conf.any(axis=0)
         x, frame_mask = chunk(normalise(frames.xy, centres, frames.unit), self.chunk_len)
         conf = chunk(frames.conf[:, kp.STREAM_ROWS], self.chunk_len)[0] & frame_mask[..., None]
-        reference = np.zeros((1,) + x.shape[2:], dtype=np.float32)
-        if self.cfg.data.reference != "none":
-            reference, self.reference_state = pose_references(
-                x, conf, kp.REFERENCE_POINTS[self.cfg.data.reference], self.reference_state)
-            x = x - reference[:, None]
+        x, reference, self.reference_state = subtract_references(x, conf, self.cfg.data.reference,
+                                                                 state=self.reference_state)
         codes, decoded = step_chunk(self.step_model, x[0], conf[0], self.context, self.device, self.precision,
                                     decode=self.decode)
         self.context = None if decoded is None else decoded[:, -1]

@@ -15,7 +15,7 @@ from src.config import DataConfig
 from src.data import keypoints as kp
 from src.data.causal import causal_centres, causal_clean, time_warp_raw
 from src.data.pose import (
-    CleanPose, chunk, clean, denormalise, flat_values, frame_unit, normalise, pose_references, rotate, stream_centres,
+    CleanPose, chunk, clean, denormalise, flat_values, frame_unit, normalise, rotate, stream_centres, subtract_references,
     unit_length, upright_angle,
 )
 from src.data.source import DataError, PoseSource, read_json, scan_split, split_names
@@ -56,12 +56,7 @@ def make_sample(raw: np.ndarray, cfg: DataConfig, rng: np.random.Generator | Non
     centres = causal_centres(pose.xy, pose.conf) if cfg.causal else stream_centres(pose.xy, pose.conf)
     x, frame_mask = chunk(normalise(pose.xy, centres, unit), cfg.chunk_len)
     conf = chunk(pose.conf[:, kp.STREAM_ROWS], cfg.chunk_len)[0] & frame_mask[..., None]
-    reference = np.zeros((x.shape[0],) + x.shape[2:], dtype=np.float32)
-    if cfg.reference != "none":
-        reference, _ = pose_references(x, conf, kp.REFERENCE_POINTS[cfg.reference])
-        if not cfg.causal:
-            reference[:] = reference[-1]   # the whole sequence's mean
-        x = x - reference[:, None]
+    x, reference, _ = subtract_references(x, conf, cfg.reference, whole_sequence=not cfg.causal)
     out = {}
     if rng is not None and aug.jitter_px > 0:
         # the model sees a jittered input and is scored against the clean pose (x_true)

@@ -265,6 +265,18 @@ def pose_references(x: np.ndarray, conf: np.ndarray, points: np.ndarray,
     return refs, (sums, counts)
 
 
+def subtract_references(x: np.ndarray, conf: np.ndarray, reference: str, whole_sequence: bool = False,
+                        state: tuple[np.ndarray, np.ndarray] | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """``x`` relative to the reference pose of ``data.reference``'s points (:func:`pose_references`;
+    ``whole_sequence``: every chunk takes the mean over all of them) -> (x minus it, the
+    references (C, P, 2), the running state). ``reference="none"`` gives references of 0."""
+    refs, state = pose_references(x, conf, kp.REFERENCE_POINTS[reference], state)
+    if whole_sequence:
+        refs[:] = refs[-1]
+    return x - refs[:, None], refs, state
+
+
 def to_rows(points: np.ndarray, stream: str = "parts") -> np.ndarray:
     """Stream-concatenated pixels (T, P, 2) -> file layout (T, 134, 2), feet and size row 0.
 

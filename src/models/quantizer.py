@@ -614,8 +614,9 @@ class ResidualFSQ(nn.Module):
         used = torch.zeros_like(self.unused_steps, dtype=torch.bool)
         for i in range(self.num_levels):
             c = codes[..., i]
+            coded = c >= 0
             g = torch.arange(c.shape[0], device=c.device)[:, None].expand_as(c)
-            used[i][g[c >= 0], c[c >= 0]] = True
+            used[i][g[coded], c[coded]] = True
         used = _all_reduce(used.to(torch.int32)) > 0
         self.unused_steps.add_(1).masked_fill_(used, 0)
 
