@@ -354,6 +354,7 @@ def test_level_losses_and_gradient_match_autograd_in_float64(active, bf16, monke
     codes, the losses to float rounding and the gradient to 1e-5 of its norm; with the usage
     gradient's matmul in bf16 (CPUs that have it in hardware) to 1% of its norm."""
     monkeypatch.setattr(quantizer, "_BF16_USAGE_GRAD", bf16)
+    monkeypatch.setattr(quantizer, "_BF16_DISTANCES", False)   # exact codes: their own test below
     torch.manual_seed(0)
     cb = Codebook(16, rvq_cfg(codebook_size=64, init="random"), groups=2).train()
     cb.embed.copy_(torch.randn(2, 64, 16))
@@ -372,6 +373,33 @@ def test_level_losses_and_gradient_match_autograd_in_float64(active, bf16, monke
     torch.testing.assert_close(got_usage.double(), usage.detach(), rtol=1e-5, atol=1e-7)
     error = (x.grad.double() - ref_x.grad).norm() / ref_x.grad.norm()
     assert error < (1e-2 if bf16 else 1e-5), error
+
+
+@pytest.mark.skipif(not quantizer._BF16_DISTANCES, reason="this CPU has no bf16 matmul in hardware")
+def test_training_distances_in_bf16_pick_the_nearest_code_up_to_rounding():
+    """In training a residual level's distance matmul rounds its inputs to bf16: each code it
+    picks is the fp32 nearest, or one whose fp32 distance is within that rounding's bound of it
+    (a near-tie); the flag is restored, and evaluation and the first level search in fp32."""
+    torch.manual_seed(0)
+    first = Codebook(256, rvq_cfg(codebook_size=1024, init="random"), groups=2)
+    cb = Codebook(256, rvq_cfg(codebook_size=1024, init="random"), groups=2, residual=True)
+    cb.load_state_dict(first.state_dict())
+    x = torch.randn(2, 2000, 256)
+    exact = Codebook.distances(x, cb.embed, cb.embed.pow(2).sum(-1))
+    best = exact.min(-1)
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    _, picked, _, _ = cb.train()(x)
+    assert torch.backends.mkldnn.matmul.fp32_precision == before
+    # each of x.e's D products has both factors rounded (2^-9 each): |error| <= 2^-8 |x| |e|
+    bound = 2 * 2 * 2 ** -8 * x.norm(dim=-1) * cb.embed.norm(dim=-1).amax(-1, keepdim=True)
+    gap = exact.gather(-1, picked[..., None]).squeeze(-1) - best.values
+    assert (gap <= bound).all()
+    flips = (picked != best.indices).float().mean()
+    assert 0 < flips < 0.02, flips   # near-ties only; 0 would mean fp32 ran
+    _, evaluated, _, _ = cb.eval()(x)   # the EMA step moved the codes: search them again in fp32
+    assert torch.equal(evaluated, Codebook.distances(x, cb.embed, cb.embed.pow(2).sum(-1)).argmin(-1))
+    _, level0, _, _ = first.train()(x)
+    assert torch.equal(level0, best.indices)
 
 
 def test_a_second_backward_through_a_level_is_refused():

@@ -14,6 +14,7 @@ and broadcast, so every rank holds the same codebooks after every step.
 """
 from __future__ import annotations
 
+import contextlib
 import typing
 from dataclasses import dataclass
 
@@ -38,6 +39,28 @@ def _hardware_bf16() -> bool:
 # The usage term's gradient matmul (N x K by K x D per level) in bf16 on such CPUs: 16x faster than
 # fp32 at 4096 x 1024 x 256 (AMX), for a regulariser's gradient rounded to 3 significant digits.
 _BF16_USAGE_GRAD = _hardware_bf16()
+
+# The training step's distance matmul of the residual levels (N x D by D x K) with its fp32 inputs
+# rounded to bf16 inside oneDNN (fp32 accumulation and output, as TF32 on GPUs) on such CPUs:
+# 3-4x faster at 4096 x 256 x 1024. Not level 0: trained latents sit far from the origin, where
+# rounding x.e to 3 digits swapped 8-11% of a trained model's level-0 codes; residuals are small,
+# and 0-0.4% of their codes changed, near-ties (docs/streaming.md). Only the training forward:
+# encode, export, the stream and evaluation search in fp32.
+_BF16_DISTANCES = _BF16_USAGE_GRAD and hasattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision")
+
+
+@contextlib.contextmanager
+def _fp32_matmul_as_bf16(on: bool) -> typing.Iterator[None]:
+    """While open (and ``on``), fp32 CPU matmuls round their inputs to bf16 (oneDNN's fpmath mode)."""
+    if not on:
+        yield
+        return
+    flags = torch.backends.mkldnn.matmul
+    before, flags.fp32_precision = flags.fp32_precision, "bf16"
+    try:
+        yield
+    finally:
+        flags.fp32_precision = before
 
 
 def _distributed() -> bool:
@@ -90,11 +113,13 @@ def kmeans(x: torch.Tensor, k: int, iters: int) -> torch.Tensor:
 class Codebook(nn.Module):
     """One VQ level for ``groups`` independent codebooks of K codes (one per stream).
 
-    Inputs are (G, N, D): group g is quantised with codebook g only.
+    Inputs are (G, N, D): group g is quantised with codebook g only. ``residual``: a level
+    after the first, whose small inputs the training search may round to bf16 (``_BF16_DISTANCES``).
     """
 
-    def __init__(self, dim: int, cfg: RVQConfig, groups: int = 1):
+    def __init__(self, dim: int, cfg: RVQConfig, groups: int = 1, residual: bool = False):
         super().__init__()
+        self.residual = residual
         self.size, self.decay, self.eps = cfg.codebook_size, cfg.ema_decay, cfg.laplace_eps
         self.dead_after, self.init, self.kmeans_iters = cfg.dead_after_steps, cfg.init, cfg.kmeans_iters
         self.temperature = cfg.usage_temperature
@@ -215,7 +240,10 @@ class Codebook(nn.Module):
             norms = embed.pow(2).sum(-1)
         else:
             embed, norms = self.embed, self._embed_norms()
-        with torch.no_grad():  # the usage term differentiates the distances itself (_LevelLosses)
+        fast = (self.training and self.residual and _BF16_DISTANCES and x.device.type == "cpu"
+                and x.dtype == torch.float32)
+        # no autograd: the usage term differentiates the distances itself (_LevelLosses)
+        with torch.no_grad(), _fp32_matmul_as_bf16(fast):
             dists = self.distances(x, embed, norms)           # (G, N, K)
         nearest = dists.min(-1)                               # as argmin (first minimum), 2x faster on CPU
         codes = nearest.indices                               # (G, N)
@@ -453,7 +481,7 @@ class ResidualQuantizer(nn.Module):
         if cfg.distance not in ("euclidean", "cosine"):
             raise ValueError(f"model.rvq.distance must be euclidean or cosine, got {cfg.distance!r}")
         self.cosine = cfg.distance == "cosine"
-        self.levels = nn.ModuleList(Codebook(dim, cfg, groups) for _ in range(cfg.levels))
+        self.levels = nn.ModuleList(Codebook(dim, cfg, groups, residual=i > 0) for i in range(cfg.levels))
         caps = torch.tensor(group_levels if group_levels is not None else [cfg.levels] * groups)
         self.register_buffer("group_levels", caps.clamp(1, cfg.levels), persistent=False)
         # > 0: encode picks codes from this many candidates of an int8 or bf16 first pass, rescored
@@ -722,7 +750,8 @@ class MultiStreamRVQ(nn.Module):
     def forward(self, z: torch.Tensor, num_active: torch.Tensor | None = None) -> QuantizedResult:
         """z (N, S, D) -> quantized (N, S, D), codes (N, S, codes_per_stream), per-stream losses (S,).
 
-        Always fp32, also under autocast: bf16 distances would pick wrong nearest codes.
+        Always fp32, also under autocast: bf16 distances would pick wrong nearest codes (the
+        training search of residual levels rounds only its inputs: ``_BF16_DISTANCES``).
         """
         with torch.autocast(z.device.type, enabled=False):
             x = self._groups(z)
