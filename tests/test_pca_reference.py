@@ -1,9 +1,10 @@
-"""The linear PCA reference (scripts/pca_reference.py) measures what it says."""
+"""The PCA and k-means references (scripts/pca_reference.py) measure what they say."""
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 from src.data import keypoints as kp
@@ -33,3 +34,25 @@ def test_overrides_may_follow_the_dims(tmp_path, capsys):
     missing = tmp_path / "nowhere"
     assert pca_reference.main(["--dims", "8", "16", f"data.root={missing}", "--threads", "1"]) == 2
     assert f"data root not found: {missing}" in capsys.readouterr().err
+
+
+def test_kmeans_codes_fit_their_own_chunks_and_report_new_ones_apart():
+    """As many codes as train chunks reproduce them exactly (error 0 on train), while new
+    chunks keep an error; one code of two per chunk leaves an error that a second level lowers."""
+    g = torch.Generator().manual_seed(0)
+    n, length = 16, 2
+    train, new = (torch.randn(n, length, kp.NUM_STREAM_POINTS, 2, generator=g) for _ in range(2))
+    observed = torch.ones(n, length, kp.NUM_STREAM_POINTS, dtype=torch.bool)
+    unit = torch.full((n,), 10.0)
+    full = pca_reference.kmeans_mpjpe(train, observed, unit, new, observed, unit, levels=1, size=n)
+    one, two = (pca_reference.kmeans_mpjpe(train, observed, unit, new, observed, unit, levels=lv, size=2)
+                for lv in (1, 2))
+    for name in kp.STREAM_NAMES:
+        assert full[name][0] < 1e-4 and full[name][1] > 1.0, name
+        assert one[name][0] > two[name][0] > 1.0, name
+
+
+def test_codes_must_be_levels_x_size(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        pca_reference.main(["--codes", "2by1024", f"data.root={tmp_path}"])
+    assert "LEVELSxSIZE" in capsys.readouterr().err
