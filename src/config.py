@@ -130,6 +130,8 @@ class ModelConfig:
     context_passes: int = 3          # training passes of a context model (errors of passes - 1 chunks seen)
     context_streams: list[str] = field(default_factory=lambda: ["F", "LH", "RH", "B", "FB"])  # the streams
     #                                  a context model codes from the context (the others as without)
+    fb_from_parts: bool = True       # FB's arms and hands start from the decoded body and hands (placed at
+    #                                  the body's wrists); FB's code decodes the correction (docs/design.md)
     rvq: RVQConfig = field(default_factory=RVQConfig)
 
 

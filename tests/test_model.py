@@ -161,9 +161,12 @@ def test_each_stream_latent_sees_only_its_own_points(pool, linear_path):
         assert same == (name not in ("LH", "FB")), name
 
 
-@pytest.mark.parametrize("pool, linear_path", [("flatten", False), (MIXED_POOL, False), (MIXED_POOL, True)])
-def test_each_streams_decoded_points_come_from_its_own_latent_only(pool, linear_path):
-    model = make_model(pool=pool, linear_path=linear_path).eval()
+@pytest.mark.parametrize("pool, linear_path, fb_from_parts", [("flatten", False, False), (MIXED_POOL, False, False),
+                                                             (MIXED_POOL, True, False), (MIXED_POOL, True, True)])
+def test_each_streams_decoded_points_come_from_its_own_latent_only(pool, linear_path, fb_from_parts):
+    """... and, with ``fb_from_parts``, the FB points placed from its points (arms and hands)."""
+    model = make_model(pool=pool, linear_path=linear_path, fb_from_parts=fb_from_parts).eval()
+    fb, body, hand = kp.parts_in_full_body()
     z = torch.randn(3, S, D)
     with torch.no_grad():
         base = model.decode(z)
@@ -173,7 +176,42 @@ def test_each_streams_decoded_points_come_from_its_own_latent_only(pool, linear_
             moved = (model.decode(changed) != base).any(-1).any(1).any(0)  # (P,) points that changed
             own = torch.zeros(P, dtype=torch.bool)
             own[kp.STREAM_SLICES[name]] = True
+            if fb_from_parts:
+                sl = kp.STREAM_SLICES[name]
+                own[fb[((body >= sl.start) & (body < sl.stop)) | ((hand >= sl.start) & (hand < sl.stop))]] = True
             assert torch.equal(moved, own), name
+
+
+def test_full_body_starts_from_the_decoded_parts():
+    """With ``fb_from_parts`` FB's arm and hand points are the decoded body's elbows and wrists,
+    and each hand's decoded local pose at the body's wrist, plus FB's own decoded offset from
+    its mean pose; every other point decodes as without."""
+    plain, placed = make_model(fb_from_parts=False), make_model(fb_from_parts=True)
+    placed.load_state_dict(plain.state_dict())
+    mean = torch.randn(P, 2)
+    for m in (plain, placed):
+        m.set_standardisation(mean, torch.ones(P, 2))
+    q = torch.randn(3, S, D)
+    before, after = plain.eval().decode(q), placed.eval().decode(q)
+    fb, body, hand = (torch.from_numpy(v) for v in kp.parts_in_full_body())
+    others = torch.ones(P, dtype=torch.bool)
+    others[fb] = False
+    assert torch.equal(after[:, :, others], before[:, :, others])
+    parts = before[:, :, body] + torch.where(hand[:, None] >= 0, before[:, :, hand.clamp_min(0)], 0.0)
+    torch.testing.assert_close(after[:, :, fb], before[:, :, fb] - mean[fb] + parts)
+    left_wrist = kp.STREAM_SLICES["B"].start + kp.STREAM_BY_NAME["B"].rows.index(kp.L_WRIST)
+    assert body[hand == kp.STREAM_SLICES["LH"].start].item() == left_wrist   # the signer's left on the left
+
+
+def test_full_body_loss_does_not_train_the_parts_it_starts_from():
+    """The parts are placed detached: a loss on FB alone gives the body's and hands' latents no
+    gradient (the decoder's transformer sees each stream on its own)."""
+    model = make_model(fb_from_parts=True).train()
+    q = torch.randn(2, S, D, requires_grad=True)
+    model.decode(q)[:, :, kp.STREAM_SLICES["FB"]].square().sum().backward()
+    for name in ("LH", "RH", "B"):
+        assert q.grad[:, stream_index(name)].abs().max() == 0, name
+    assert q.grad[:, stream_index("FB")].abs().max() > 0
 
 
 # ---------------------------------------------------------------- standardisation
@@ -183,7 +221,8 @@ def test_standardisation_maps_to_and_from_original_units():
     g = torch.Generator().manual_seed(1)
     mean, std = torch.randn(P, 2, generator=g), torch.rand(P, 2, generator=g) + 0.5
     x, observed = inputs(3)
-    plain, scaled = make_model(seed=0), make_model(seed=0)
+    # FB on its own: placed parts would start FB's arms and hands elsewhere than its mean pose
+    plain, scaled = make_model(seed=0, fb_from_parts=False), make_model(seed=0, fb_from_parts=False)
     scaled.set_standardisation(mean, std)
     plain.eval(), scaled.eval()
     with torch.no_grad():

@@ -68,17 +68,19 @@ def test_resume_is_exact(synth_root, tmp_path, extra):
     assert not torch.allclose(mid["decoder.heads.LH.weight"], b["decoder.heads.LH.weight"])
 
 
-def test_checkpoint_from_before_reference_poses_and_fsq_reads_as_none(tiny_checkpoint):
+def test_checkpoint_from_before_reference_poses_fsq_and_placed_parts_reads_as_before(tiny_checkpoint):
     """Settings a checkpoint predates read as the coding it was trained with, not today's default."""
     from src.train.checkpoint import config_from_checkpoint
 
     state = load_checkpoint(tiny_checkpoint)
     assert config_from_checkpoint(state).data.reference == state["config"]["data"]["reference"]
     assert config_from_checkpoint(state).model.rvq.fsq_streams == ["F"]
+    assert config_from_checkpoint(state).model.fb_from_parts
     del state["config"]["data"]["reference"]
     del state["config"]["model"]["rvq"]["fsq_streams"]
+    del state["config"]["model"]["fb_from_parts"]
     old = config_from_checkpoint(state)
-    assert old.data.reference == "none" and old.model.rvq.fsq_streams == []
+    assert old.data.reference == "none" and old.model.rvq.fsq_streams == [] and not old.model.fb_from_parts
 
 
 def test_mismatched_checkpoint_names_file_and_keys(tiny_checkpoint, synth_root, tmp_path):

@@ -74,6 +74,26 @@ STREAM_SLICES = stream_offsets()
 STREAM_ROWS = np.array([r for s in STREAMS for r in s.rows])  # (242,) rows of the concatenated axis
 NUM_STREAM_POINTS = len(STREAM_ROWS)
 
+
+def _point(stream: str, row: int) -> int:
+    """Index among the 242 stream points of ``row`` in ``stream``."""
+    return STREAM_SLICES[stream].start + STREAM_BY_NAME[stream].rows.index(row)
+
+
+def parts_in_full_body() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where the full-body stream's arms and hands sit in the part streams (the body and hands
+    share no centre with FB but the shoulders' midpoint: B's frame is FB's frame).
+
+    Returns (fb, body, hand), indices of the 242 stream points: FB point ``fb[i]`` is B point
+    ``body[i]`` (elbows, wrists), plus hand point ``hand[i]`` for the hands' points (a hand is
+    centred on its wrist, placed at the body's wrist); ``hand[i]`` is -1 for the arm points.
+    """
+    triples = [(_point("FB", row), _point("B", row), -1) for row in (L_ELBOW, R_ELBOW, L_WRIST, R_WRIST)]
+    triples += [(_point("FB", row), _point("B", wrist), _point(name, row))
+                for name, wrist in (("LH", L_WRIST), ("RH", R_WRIST)) for row in STREAM_BY_NAME[name].rows]
+    fb, body, hand = (np.array(v) for v in zip(*triples))
+    return fb, body, hand
+
 # What ``data.reference`` codes relative to its own mean pose: the face, and with "head" also the
 # body's head and shoulders. Their mean pose is the signer's build and the estimator's model; the
 # arms are left out, since where the hands are over a sentence is part of what is signed.

@@ -76,6 +76,11 @@ class SignTokenizer(nn.Module):
             for name in cfg.context_streams:
                 on[kp.STREAM_SLICES[name]] = True
             self.register_buffer("context_points", on, persistent=False)
+        if cfg.fb_from_parts:
+            fb, body, hand = (torch.from_numpy(v) for v in kp.parts_in_full_body())
+            for name, value in (("fb_points", fb), ("fb_body", body), ("fb_hand", hand.clamp_min(0)),
+                                ("fb_has_hand", (hand >= 0).float()[:, None])):
+                self.register_buffer(name, value, persistent=False)
 
     def set_standardisation(self, mean: torch.Tensor, std: torch.Tensor,
                             delta_std: torch.Tensor | None = None) -> None:
@@ -114,7 +119,17 @@ class SignTokenizer(nn.Module):
     def decode(self, quantized: torch.Tensor, ctx: Context | None = None) -> torch.Tensor:
         """Quantized latents (N, S, D) -> poses (N, L, P, 2) in local units."""
         ref, scale, cond = self._frame(ctx)
-        return self.decoder(quantized, cond) * scale + ref
+        out = self.decoder(quantized, cond) * scale + ref
+        return self._parts_into_full_body(out, ref) if self.cfg.fb_from_parts else out
+
+    def _parts_into_full_body(self, out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        """FB's arm and hand points start from the decoded body (elbows, wrists) and hands (each at
+        the body's wrist) instead of FB's reference pose, so FB's code decodes only the correction:
+        where the parts sit relative to each other beyond what B codes. Detached: each part
+        stream still learns from its own loss alone."""
+        parts = out.detach()
+        placed = parts[:, :, self.fb_body] + parts[:, :, self.fb_hand] * self.fb_has_hand
+        return out.index_add(2, self.fb_points, placed - ref[..., self.fb_points, :])
 
     def _levels_per_row(self, n: int, device: torch.device) -> torch.Tensor | None:
         """Quantizer dropout: some rows train with only their first k levels (k uniform)."""

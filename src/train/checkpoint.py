@@ -100,11 +100,12 @@ def config_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint
 
     A checkpoint saved before ``data.reference`` existed coded every point without a reference
     pose: it reads as ``none``, not as today's default; one saved before
-    ``model.rvq.fsq_streams`` had EMA codebooks on every stream: it reads as ``[]``.
+    ``model.rvq.fsq_streams`` had EMA codebooks on every stream: it reads as ``[]``; one saved
+    before ``model.fb_from_parts`` decoded FB on its own: it reads as ``false``.
     """
     values = dict(state["config"])
     values["data"] = {"reference": "none", **values.get("data", {})}
-    model = dict(values.get("model", {}))
+    model = {"fb_from_parts": False, **values.get("model", {})}
     model["rvq"] = {"fsq_streams": [], **model.get("rvq", {})}
     values["model"] = model
     try:
