@@ -81,8 +81,8 @@ def _point(stream: str, row: int) -> int:
 
 
 def parts_in_full_body() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Where the full-body stream's arms and hands sit in the part streams (the body and hands
-    share no centre with FB but the shoulders' midpoint: B's frame is FB's frame).
+    """Where the full-body stream's arms and hands sit in the part streams: B and FB share one
+    frame (the shoulders' midpoint), and each hand is centred on its own wrist.
 
     Returns (fb, body, hand), indices of the 242 stream points: FB point ``fb[i]`` is B point
     ``body[i]`` (elbows, wrists), plus hand point ``hand[i]`` for the hands' points (a hand is
@@ -93,6 +93,7 @@ def parts_in_full_body() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 for name, wrist in (("LH", L_WRIST), ("RH", R_WRIST)) for row in STREAM_BY_NAME[name].rows]
     fb, body, hand = (np.array(v) for v in zip(*triples))
     return fb, body, hand
+
 
 # What ``data.reference`` codes relative to its own mean pose: the face, and with "head" also the
 # body's head and shoulders. Their mean pose is the signer's build and the estimator's model; the

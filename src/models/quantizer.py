@@ -44,7 +44,7 @@ _BF16_USAGE_GRAD = _hardware_bf16()
 # rounded to bf16 inside oneDNN (fp32 accumulation and output, as TF32 on GPUs) on such CPUs:
 # 3-4x faster at 4096 x 256 x 1024. Not level 0: trained latents sit far from the origin, where
 # rounding x.e to 3 digits swapped 8-11% of a trained model's level-0 codes; residuals are small,
-# and 0-0.4% of their codes changed, near-ties (docs/streaming.md). Only the training forward:
+# and 0-0.2% of their codes changed, near-ties (docs/streaming.md). Only the training forward:
 # encode, export, the stream and evaluation search in fp32.
 _BF16_DISTANCES = _BF16_USAGE_GRAD and hasattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision")
 
