@@ -92,17 +92,20 @@ class Evaluator:
                   *boundary_jump_sums(timeline_px(chunkwise, cm, batch.unit), mask, chunk_len))
         self.changes["rec"].append(adjacent_chunk_changes(rec, mask, cm, chunk_len).cpu())
         self.changes["gt"].append(adjacent_chunk_changes(gt, mask, cm, chunk_len).cpu())
-        self._add_tokens(batch, out.vq.codes.cpu().numpy(), gt, mask)
+        self._add_tokens(batch, out.vq.codes.cpu().numpy(), gt, mask, recon)
 
-    def _add_tokens(self, batch: Batch, codes: np.ndarray, gt: torch.Tensor, mask: torch.Tensor) -> None:
+    def _add_tokens(self, batch: Batch, codes: np.ndarray, gt: torch.Tensor, mask: torch.Tensor,
+                    recon: torch.Tensor) -> None:
         """Codes and RLE tokens per stream, overall and on hold chunks (motion and annotated); with
-        ``export.rle_threshold`` > 0 also the tokens of thresholded RLE (what export-tokens writes then)."""
+        ``export.rle_threshold`` > 0 also the tokens of thresholded RLE (what export-tokens writes
+        then, from the input and the decoded chunks ``recon``)."""
         cm, chunk_len = batch.chunk_mask, self.cfg.data.chunk_len
         held = {span: motion_hold_chunks(gt, mask, cm, chunk_len, self.hold_motion_px, span).cpu().numpy()
                 for span in (2, 1)}
         threshold, max_run = self.cfg.export.rle_threshold, self.cfg.export.max_run
         if threshold > 0:  # the model's input, as the export compares it
             x_in, seen_in = batch.x[cm].cpu().numpy(), batch.conf[cm].cpu().numpy().astype(bool)
+            decoded = recon.cpu().numpy()
         start = 0
         for b, c in enumerate(cm.sum(1).tolist()):
             streams = codes_to_streams(codes[start:start + c])
@@ -112,8 +115,8 @@ class Evaluator:
             codings = {"": tokens}
             if threshold > 0:
                 rows = slice(start, start + c)
-                entries = rle_encode(streams, unchanged_chunks(x_in[rows], seen_in[rows], threshold, streams),
-                                     max_run)
+                unchanged = unchanged_chunks(x_in[rows], seen_in[rows], threshold, streams, decoded[rows])
+                entries = rle_encode(streams, unchanged, max_run)
                 self._add("rle_tokens_thresholded", count_tokens(entries), count_codes(streams))
                 codings["_thresholded"] = _per_chunk(chunk_token_counts(entries))
             start += c

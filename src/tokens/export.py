@@ -176,7 +176,7 @@ def tokenized_record(tok: Tokenized, cfg: Config, meta: dict, text: str | None =
     unchanged = None
     if ex.enable_rle and ex.rle_threshold > 0:
         kept = codes_to_streams(tok.codes, depths)
-        unchanged = unchanged_chunks(tok.sample["x"], tok.sample["conf"], ex.rle_threshold, kept)
+        unchanged = unchanged_chunks(tok.sample["x"], tok.sample["conf"], ex.rle_threshold, kept, tok.recon)
     meta = {**meta, "num_frames": int(tok.sample["num_frames"])}
     record, counts = sequence_record(tok.name, tok.codes, settings, meta, depths, unchanged, text)
     validate_record(record, settings.num_levels, settings.codebook_size)
