@@ -103,7 +103,7 @@ class Evaluator:
         held = {span: motion_hold_chunks(gt, mask, cm, chunk_len, self.hold_motion_px, span).cpu().numpy()
                 for span in (2, 1)}
         threshold, max_run = self.cfg.export.rle_threshold, self.cfg.export.max_run
-        if threshold > 0:  # the model's input, as the export compares it
+        if threshold > 0:  # the model's input and its decoded chunks, as the export compares them
             x_in, seen_in = batch.x[cm].cpu().numpy(), batch.conf[cm].cpu().numpy().astype(bool)
             decoded = recon.cpu().numpy()
         start = 0
