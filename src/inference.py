@@ -103,6 +103,13 @@ def can_prepack(device: str | torch.device) -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+def shared_copy(model: SignTokenizer, but: set[int] = frozenset()) -> SignTokenizer:
+    """A copy of ``model``'s modules that shares every parameter and buffer with it, except
+    the tensors whose ids are in ``but`` (copied)."""
+    shared = {id(t): t for t in [*model.parameters(), *model.buffers()] if id(t) not in but}
+    return copy.deepcopy(model, memo=shared)
+
+
 def bf16_weights(model: SignTokenizer, prepack: bool | None = None) -> SignTokenizer:
     """A copy of ``model`` whose linear layers hold their weights and biases in bf16; every
     other tensor (codebooks, norms, embeddings) is shared, not copied.
@@ -114,8 +121,7 @@ def bf16_weights(model: SignTokenizer, prepack: bool | None = None) -> SignToken
     has it) the layers are :class:`PackedLinear`: the same bits, without the per-call reorder.
     """
     linear = {id(t) for m in model.modules() if isinstance(m, torch.nn.Linear) for t in m.parameters()}
-    shared = {id(t): t for t in [*model.parameters(), *model.buffers()] if id(t) not in linear}
-    twin = copy.deepcopy(model, memo=shared)
+    twin = shared_copy(model, but=linear)
     device = next(model.parameters()).device
     prepack = can_prepack(device) if prepack is None else prepack
     for parent in list(twin.modules()):

@@ -12,6 +12,7 @@ chunk. The run-length "NC" coding is decided online (:class:`OnlineRLE`): see do
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from src.config import Config
 from src.data import keypoints as kp
 from src.data.causal import CausalCleaner, CausalFrames, causal_centres, concat_frames
 from src.data.pose import chunk, normalise, subtract_references
-from src.inference import bf16_weights, load_tokenizer, precision_context, to_pixels
+from src.inference import bf16_weights, load_tokenizer, precision_context, shared_copy, to_pixels
 from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer
 from src.tokens.rle import NC
@@ -107,25 +108,76 @@ def step_chunk(model: SignTokenizer, x: np.ndarray, conf: np.ndarray, context: t
 BF16_SHORTLIST = 16
 
 
-def step_model(model: SignTokenizer, precision: str = "fp32") -> SignTokenizer:
+def step_model(model: SignTokenizer, precision: str = "fp32", compile: bool = False,
+               decode: bool = False) -> SignTokenizer:
     """The model a chunk goes through: ``model`` itself in fp32; in bf16 a copy with prepacked
     bf16 linear layers (:func:`src.inference.bf16_weights`) whose quantiser shortlists codes
-    (``BF16_SHORTLIST``). The stream and the causal offline path both use it."""
-    if precision != "bf16":
+    (``BF16_SHORTLIST``). The stream and the causal offline path both use it.
+
+    ``compile``: a copy whose ``step`` is compiled (:func:`compile_step`; ``decode``: for
+    chunks that are to be decoded): the same function in fewer, fused kernels. Its codes can
+    differ from the eager copy's where a last bit decides; the stream and the causal offline
+    path share it. Where it cannot compile, the eager model of ``precision``.
+    """
+    if compile:
+        twin = shared_copy(model)   # plain linear layers: the compiled graph holds their weights (bf16 in bf16)
+    elif precision == "bf16":
+        twin = bf16_weights(model)
+    else:
         return model
-    twin = bf16_weights(model)
-    if twin.quantizer.rvq is not None:   # streams with EMA codebooks (FSQ reads none)
+    if precision == "bf16" and twin.quantizer.rvq is not None:   # streams with EMA codebooks (FSQ reads none)
         twin.quantizer.rvq.shortlist = BF16_SHORTLIST
         for level in twin.quantizer.rvq.levels:   # built now (~50 ms), not in the first chunk's latency
             level._shortlist_tables()
+    if compile and not compile_step(twin, precision, decode):
+        return step_model(model, precision)
     return twin
 
 
+def compile_step(twin: SignTokenizer, precision: str, decode: bool = False) -> bool:
+    """Replace ``twin.step`` by ``torch.compile(twin.step)`` and compile it now, on zero chunks
+    (seconds, once, not in the first chunks' latency; tens of seconds for a context model's two
+    graphs), with inductor's weight freezing: weights and codebooks are folded into the graph,
+    so the compiled step holds those of this moment. On failure (no C++ compiler, an
+    unsupported platform) a warning, ``twin.step`` as it was, and False."""
+    x = np.zeros((twin.chunk_len, kp.NUM_STREAM_POINTS, 2), np.float32)
+    observed = np.ones(x.shape[:2], bool)
+    device = next(twin.parameters()).device
+
+    def chunks() -> None:   # a first chunk and, for a context model, one after it
+        # with the caller's decode flag: the graph is specialised on it, another value compiles anew
+        _, decoded = step_chunk(twin, x, observed, None, device, precision, decode)
+        if twin.uses_context:
+            step_chunk(twin, x, observed, decoded[:, -1], device, precision, decode)
+
+    try:
+        import torch._dynamo.config as dynamo_config
+        import torch._inductor.config as inductor_config
+        chunks()   # the eager caches the compiled quantiser reads (codeword norms, shortlist tables)
+        twin.step = torch.compile(twin.step, dynamic=False)   # an instance attribute over the method
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        # Each model compiled in a process adds graphs to the one function (two for a context
+        # model); past recompile_limit (8) torch.compile would run eagerly without a word.
+        # The limit counts only while compiling: the calls after find their graph.
+        limit = max(dynamo_config.recompile_limit, 1024)
+        with inductor_config.patch(freezing=True), dynamo_config.patch(recompile_limit=limit):
+            chunks()
+        if torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs:
+            raise RuntimeError("torch.compile made no graph (it ran eagerly)")
+        return True
+    except Exception as err:   # any backend failure: the eager step computes the same function
+        twin.__dict__.pop("step", None)
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        warnings.warn(f"torch.compile of the streaming step failed ({type(err).__name__}: {reason}); "
+                      "streaming eagerly", RuntimeWarning, stacklevel=2)
+        return False
+
+
 def causal_codes(model: SignTokenizer, sample: dict, device: str | torch.device = "cpu",
-                 precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
+                 precision: str = "fp32", compile: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The causal offline path: a dataset sample's chunks through ``model.step`` in order, each
     with the previous chunk's decoded last frame as context -> codes (C, S, levels), recon (C, L, P, 2)."""
-    model = step_model(model, precision)
+    model = step_model(model, precision, compile, decode=True)
     codes, recon, context = [], [], None
     for c in range(sample["x"].shape[0]):
         code, decoded = step_chunk(model, sample["x"][c], sample["conf"][c], context, device, precision)
@@ -139,20 +191,25 @@ class StreamingTokenizer:
     """Push frames, get tokens: the causal tokenizer of one sequence at a time (``reset`` for the next)."""
 
     def __init__(self, model: SignTokenizer, cfg: Config, device: str | torch.device = "cpu",
-                 precision: str | None = None, decode: bool = False):
+                 precision: str | None = None, decode: bool = False, compile: bool = False):
         self.model, self.cfg, self.device = model.eval(), cfg, device
         self.precision = precision or cfg.export.precision
-        self.step_model = step_model(self.model, self.precision)
+        self.step_model = step_model(self.model, self.precision, compile, decode)
         self.decode = decode
         self.chunk_len = cfg.data.chunk_len
         self.reset()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", precision: str | None = None,
-                        decode: bool = False) -> "StreamingTokenizer":
+                        decode: bool = False, compile: bool = False) -> "StreamingTokenizer":
         """The model and its data settings from a train-rvq checkpoint."""
         model, cfg = load_tokenizer(path, device)
-        return cls(model, cfg, device, precision, decode)
+        return cls(model, cfg, device, precision, decode, compile)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether chunks go through a compiled encoder (``compile`` asked, and it compiled)."""
+        return "step" in self.step_model.__dict__
 
     def reset(self) -> None:
         """Start a new sequence."""

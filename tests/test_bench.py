@@ -18,7 +18,7 @@ from src.config import ModelConfig, RVQConfig
 
 SECTIONS = ("machine", "model", "flops", "streaming", "export", "data", "train", "targets")
 # A number's key names its unit (or says it is a count of something).
-UNITS = ("_ms", "_per_s", "_gflop", "_mflop", "_frac", "_mib", "_x", "_procs", "threads", "_cores",
+UNITS = ("_ms", "_seconds", "_per_s", "_gflop", "_mflop", "_frac", "_mib", "_x", "_procs", "threads", "_cores",
          "chunks", "sequences", "frames", "steps", "repeats", "size", "width", "layers", "heads",
          "ratio", "dim", "levels", "params_m", "vectors")
 # Figures that may legitimately be 0 (a fully dropped cache) or are not timings.
@@ -69,6 +69,12 @@ def test_stream_and_quantizer_figures(report):
     assert st["stream_chunk_ms_p50"] <= st["stream_chunk_ms_p95"]
     assert st["stream_chunk_ms_p50_bf16"] <= st["stream_chunk_ms_p95_bf16"]
     assert 0 < st["preprocess_chunk_ms_p50"] < st["stream_chunk_ms_p95"]
+    for tag in ("_compiled", "_bf16_compiled"):   # where torch.compile works (a C++ compiler is found)
+        assert st[f"compile_seconds{tag}"] > 0
+        if st[f"compiled{tag}"]:
+            assert st[f"stream_chunk_ms_p50{tag}"] <= st[f"stream_chunk_ms_p95{tag}"]
+        else:
+            assert f"stream_chunk_ms_p50{tag}" not in st
     if "skipped" in q:
         assert "pip install vector-quantize-pytorch" in q["skipped"]
     else:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -114,22 +115,65 @@ def test_bf16_stream_equals_the_causal_offline_bf16_path(model_cfg, raw):
     np.testing.assert_array_equal(np.stack(plain), offline)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_fsq_face_and_body_context_stream_equals_the_causal_offline_path(model_cfg, raw, precision):
-    """A face on FSQ beside EMA codebooks and the body coded from its decoded past: the stream,
-    pushed in pieces, gives the causal offline path's codes (fp32 and the bf16 step model)."""
-    model, cfg = model_cfg
+def fsq_context_model(model: SignTokenizer, cfg):
+    """A fresh model with the face on FSQ beside EMA codebooks and the body coded from its decoded past."""
     rvq = dataclasses.replace(cfg.model.rvq, fsq_streams=["F"], fsq_levels=[4, 4, 4], codebook_size=64)
     mcfg = dataclasses.replace(cfg.model, rvq=rvq, context="previous", context_streams=["B"])
     torch.manual_seed(0)
     other = SignTokenizer(mcfg, cfg.data.chunk_len).eval()
     other.set_standardisation(model.point_mean, model.point_std, model.point_std)
-    cfg = dataclasses.replace(cfg, model=mcfg)
+    return other, dataclasses.replace(cfg, model=mcfg)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fsq_face_and_body_context_stream_equals_the_causal_offline_path(model_cfg, raw, precision):
+    """A face on FSQ beside EMA codebooks and the body coded from its decoded past: the stream,
+    pushed in pieces, gives the causal offline path's codes (fp32 and the bf16 step model)."""
+    other, cfg = fsq_context_model(*model_cfg)
     sample = make_sample(raw, causal_cfg(cfg))
     offline, _ = causal_codes(other, sample, precision=precision)
     pieces, _ = stream_codes(StreamingTokenizer(other, cfg, precision=precision), raw, [1] * 25 + [7, 3])
     np.testing.assert_array_equal(pieces, offline)
     assert (offline[:, kp.STREAM_NAMES.index("F"), 0] >= 0).all() and len(np.unique(offline[:, 0, 0])) > 1
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_compiled_stream_equals_the_causal_offline_compiled_path(model_cfg, raw, precision):
+    """compile=True: the step (encode, quantise and, for the body's context, decode) through torch.compile.
+    The stream in pieces gives the compiled causal offline path's codes, bit for bit, and the
+    eager step's codes up to last-bit ties; the caller's model is left as it was."""
+    if not shutil.which("c++") and not shutil.which("g++"):
+        pytest.skip("torch.compile needs a C++ compiler")
+    model, cfg = fsq_context_model(*model_cfg)
+    tok = StreamingTokenizer(model, cfg, precision=precision, compile=True)
+    assert tok.compiled and not StreamingTokenizer(model, cfg, precision=precision).compiled
+    assert "step" not in model.__dict__
+    sample = make_sample(raw, causal_cfg(cfg))
+    offline, recon = causal_codes(model, sample, precision=precision, compile=True)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    pieces, _ = stream_codes(tok, raw, [1] * 25 + [7, 3])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs   # compiled before, not mid-stream
+    np.testing.assert_array_equal(pieces, offline)
+    eager, eager_recon = causal_codes(model, sample, precision=precision)
+    assert (eager == offline).mean() >= 0.95
+    assert np.abs(recon - eager_recon).mean() < 0.05 * np.abs(eager_recon).mean()
+
+
+@pytest.mark.parametrize("failure", ["error", "eager"])
+def test_compile_failure_streams_eagerly_with_a_warning(model_cfg, raw, monkeypatch, failure):
+    """torch.compile failing (no C++ compiler), or running eagerly without a word (as past its
+    recompile limit): a warning that says so, and the eager step."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here\nmore detail")
+
+    model, cfg = model_cfg
+    monkeypatch.setattr(torch, "compile", broken if failure == "error" else lambda fn, **kwargs: fn)
+    with pytest.warns(RuntimeWarning, match="no compiler here" if failure == "error" else "made no graph"):
+        tok = StreamingTokenizer(model, cfg, precision="bf16", compile=True)
+    assert not tok.compiled   # the eager bf16 model: prepacked weights where oneDNN has them
+    assert isinstance(tok.step_model.encoder.transformer.blocks[0].qkv, PackedLinear) == can_prepack("cpu")
+    pieces, _ = stream_codes(tok, raw, [5] * 10)
+    np.testing.assert_array_equal(pieces, stream_codes(StreamingTokenizer(model, cfg, precision="bf16"), raw, [])[0])
 
 
 def test_cleaner_measures_each_frame_as_the_offline_helpers(raw):

@@ -139,7 +139,12 @@ class Codebook(nn.Module):
 
     def _embed_norms(self) -> torch.Tensor:
         """|e|^2 (G, K), recomputed only when the codebook changed (the streaming path reads
-        every codebook once per chunk; recomputing the norms would double that)."""
+        every codebook once per chunk; recomputing the norms would double that).
+
+        Under ``torch.compile`` the norms of the last eager call: a compiled streaming step holds
+        the codebooks of the moment it was compiled (``src.streaming.compile_step``)."""
+        if torch.compiler.is_compiling() and self._norms is not None:
+            return self._norms
         key = (id(self.embed), self.embed._version, self.embed.device)
         if key != self._norms_key:
             self._norms, self._norms_key = self.embed.pow(2).sum(-1), key
@@ -178,6 +183,8 @@ class Codebook(nn.Module):
         (G, K): equal codewords tie, and encode's argmin gives the first of them (a level of a
         fresh model holds 1024 zero codewords, more than any shortlist).
         """
+        if torch.compiler.is_compiling() and self._first is not None:   # as in _embed_norms
+            return self._first
         key = (id(self.embed), self.embed._version, self.embed.device)
         if key != self._first_key:
             centred = self.embed - self.embed.mean(1, keepdim=True)
@@ -484,6 +491,7 @@ class ResidualQuantizer(nn.Module):
         self.levels = nn.ModuleList(Codebook(dim, cfg, groups, residual=i > 0) for i in range(cfg.levels))
         caps = torch.tensor(group_levels if group_levels is not None else [cfg.levels] * groups)
         self.register_buffer("group_levels", caps.clamp(1, cfg.levels), persistent=False)
+        self.caps = self.group_levels.tolist()
         # > 0: encode picks codes from this many candidates of an int8 or bf16 first pass, rescored
         # in fp32 (Codebook.encode_shortlist); set on the bf16 streaming copy only, never trained with.
         self.shortlist = 0
@@ -525,7 +533,7 @@ class ResidualQuantizer(nn.Module):
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z (G, N, D) -> codes (G, N, levels); the export and streaming path."""
-        residual, codes, caps = self.target(z), [], self.group_levels.tolist()
+        residual, codes, caps = self.target(z), [], self.caps
         for i, level in enumerate(self.levels):
             # Only the groups that code this level are compared with its codebooks (F and FB
             # code 1 of the default 2 levels: 2 of 5 codebooks of level 2 are never read).
