@@ -208,7 +208,7 @@ class StreamingTokenizer:
 
     @property
     def compiled(self) -> bool:
-        """Whether chunks go through a compiled encoder (``compile`` asked, and it compiled)."""
+        """Whether chunks go through a compiled step (``compile`` asked, and it compiled)."""
         return "step" in self.step_model.__dict__
 
     def reset(self) -> None:
