@@ -5,6 +5,7 @@ import argparse
 import errno
 import re
 import sys
+import warnings
 from pathlib import Path
 from collections.abc import Callable
 
@@ -71,6 +72,7 @@ def run(fn: Callable[[], int | None]) -> int:
 
     setup_logging()
     reuse_freed_memory()
+    warnings.showwarning = _one_line_warning
     try:
         return fn() or 0
     except (ConfigError, DataError, CheckpointError, LaunchError) as e:
@@ -79,6 +81,11 @@ def run(fn: Callable[[], int | None]) -> int:
     except OSError as e:  # an output that cannot be written (or an input that cannot be read)
         print(f"error: {describe_os_error(e)}", file=sys.stderr)
         return 2
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one ``warning: ...`` line, without the source line Python adds."""
+    print(f"warning: {message}", file=file or sys.stderr)
 
 
 # errno -> the fix to suggest for a path that cannot be read or written

@@ -16,6 +16,7 @@ from src.config import Config, ConfigError
 from src.data import keypoints as kp
 from src.data.dataset import collate
 from src.data.pose import denormalise, flat_values, rotate, to_rows
+from src.hardware import cpu_caps
 from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer
 from src.train.checkpoint import config_from_checkpoint, load_checkpoint, load_model_state
@@ -98,9 +99,8 @@ class PackedLinear(torch.nn.Module):
 
 
 def can_prepack(device: str | torch.device) -> bool:
-    """oneDNN's prepacked linear exists for this device (CPU builds with mkldnn)."""
-    return (torch.device(device).type == "cpu" and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    """oneDNN's prepacked bf16 linear runs on this device (CPUs with bf16 hardware, src/hardware.py)."""
+    return torch.device(device).type == "cpu" and cpu_caps().prepack
 
 
 def shared_copy(model: SignTokenizer, but: set[int] = frozenset()) -> SignTokenizer:

@@ -23,6 +23,7 @@ from src.config import Config
 from src.data import keypoints as kp
 from src.data.causal import CausalCleaner, CausalFrames, causal_centres, concat_frames
 from src.data.pose import chunk, normalise, subtract_references
+from src.hardware import resolve_precision
 from src.inference import bf16_weights, load_tokenizer, precision_context, shared_copy, to_pixels
 from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer
@@ -177,6 +178,7 @@ def causal_codes(model: SignTokenizer, sample: dict, device: str | torch.device 
                  precision: str = "fp32", compile: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The causal offline path: a dataset sample's chunks through ``model.step`` in order, each
     with the previous chunk's decoded last frame as context -> codes (C, S, levels), recon (C, L, P, 2)."""
+    precision = resolve_precision(precision, device, "causal tokens in bf16")
     model = step_model(model, precision, compile, decode=True)
     codes, recon, context = [], [], None
     for c in range(sample["x"].shape[0]):
@@ -193,7 +195,7 @@ class StreamingTokenizer:
     def __init__(self, model: SignTokenizer, cfg: Config, device: str | torch.device = "cpu",
                  precision: str | None = None, decode: bool = False, compile: bool = False):
         self.model, self.cfg, self.device = model.eval(), cfg, device
-        self.precision = precision or cfg.export.precision
+        self.precision = resolve_precision(precision or cfg.export.precision, device, "stream in bf16")
         self.step_model = step_model(self.model, self.precision, compile, decode)
         self.decode = decode
         self.chunk_len = cfg.data.chunk_len

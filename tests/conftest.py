@@ -63,3 +63,12 @@ def tiny_run(synth_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_run) -> Path:
     return tiny_run / "ckpt_last.pt"
+
+
+@pytest.fixture
+def bf16_on(monkeypatch):
+    """The CPU's bf16 answer forced on (src/hardware.py): bf16 paths run on any CPU, emulated and
+    without oneDNN's prepacked linear where the hardware lacks bf16."""
+    from src.hardware import FORCE_ENV
+
+    monkeypatch.setenv(FORCE_ENV, "1")

@@ -15,6 +15,7 @@ import torch
 from src import bench
 from src.commands.eval.bench import main as bench_main
 from src.config import ModelConfig, RVQConfig
+from src.hardware import FORCE_ENV, detected
 
 SECTIONS = ("machine", "model", "flops", "streaming", "export", "data", "train", "targets")
 # A number's key names its unit (or says it is a count of something).
@@ -25,14 +26,20 @@ UNITS = ("_ms", "_seconds", "_per_s", "_gflop", "_mflop", "_frac", "_mib", "_x",
 MAY_BE_ZERO = ("resident_frac",)
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory) -> tuple[dict, dict, str]:
-    """One --fast run: (the --json file, the JSON printed on stdout, stderr)."""
+@pytest.fixture(scope="module", params=["0", "1"], ids=["bf16-off", "bf16-on"])
+def report(request, tmp_path_factory) -> tuple[dict, dict, str]:
+    """One --fast run with the CPU's bf16 answer forced off, and one forced on (on a CPU without
+    bf16 hardware it then runs emulated): (the --json file, the JSON printed on stdout, stderr)."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        mp.setenv(FORCE_ENV, request.param)
         assert bench_main(["--fast", "--json", str(out)]) == 0
     return json.loads(out.read_text()), json.loads(stdout.getvalue()), stderr.getvalue()
+
+
+def bf16_on(report) -> bool:
+    return report[0]["machine"]["cpu_bf16"]
 
 
 def numbers(report: dict):
@@ -58,18 +65,32 @@ def test_every_section_and_figure(report):
             "matmul_peak_gflop_per_s_1thread", "encoder_gflop_per_s_1thread", "encode_gflop_per_s_1thread",
             "encoder_peak_frac", "encode_peak_frac", "encode_chunks_per_s_1thread_bf16",
             "bf16_codes_equal_to_fp32_frac"} <= set(r["export"])
-    assert 0.0 <= r["export"]["bf16_codes_equal_to_fp32_frac"] <= 1.0
     assert {"step_ms_p50", "chunks_per_s", "peak_memory_mib", "step_ms_p50_1thread", "chunks_per_s_1thread"} <= set(r["train"])
-    assert {"cpu_model", "cpu_cores_os", "cpu_cores_affinity", "torch_version", "default_threads"} <= set(r["machine"])
-    assert all(isinstance(v, bool) for v in r["targets"].values())
+    assert {"cpu_model", "cpu_flags", "cpu_bf16", "cpu_bf16_prepack", "cpu_cores_os", "cpu_cores_affinity",
+            "torch_version", "default_threads"} <= set(r["machine"])
+    assert r["machine"]["cpu_model"] == detected().name and r["machine"]["cpu_flags"] == " ".join(detected().flags)
+    assert f"cpu: {detected().name} ({detected().isa};" in report[2]   # printed before the figures
+    bf16 = [r["streaming"]["latency_ms_p50_bf16"], r["export"]["encode_chunks_per_s_1thread_bf16"],
+            r["export"]["bf16_codes_equal_to_fp32_frac"], r["stream"]["stream_chunk_ms_p50_bf16"]]
+    bf16_targets = [v for k, v in r["targets"].items() if "bf16" in k]
+    other_targets = [v for k, v in r["targets"].items() if "bf16" not in k]
+    assert all(isinstance(v, bool) for v in other_targets)
+    if bf16_on(report):
+        assert all(isinstance(v, float) and v > 0 for v in bf16)
+        assert 0.0 <= r["export"]["bf16_codes_equal_to_fp32_frac"] <= 1.0
+        assert all(isinstance(v, bool) for v in bf16_targets)
+    else:   # every other figure still measured
+        assert bf16 == [bench.UNSUPPORTED] * 4 and bf16_targets == [bench.UNSUPPORTED] * len(bf16_targets)
+        assert r["stream"]["stream_chunk_ms_p50_bf16_compiled"] == bench.UNSUPPORTED
 
 
 def test_stream_and_quantizer_figures(report):
     st, q = report[0]["stream"], report[0]["quantizer"]
     assert st["stream_chunk_ms_p50"] <= st["stream_chunk_ms_p95"]
-    assert st["stream_chunk_ms_p50_bf16"] <= st["stream_chunk_ms_p95_bf16"]
+    if bf16_on(report):
+        assert st["stream_chunk_ms_p50_bf16"] <= st["stream_chunk_ms_p95_bf16"]
     assert 0 < st["preprocess_chunk_ms_p50"] < st["stream_chunk_ms_p95"]
-    for tag in ("_compiled", "_bf16_compiled"):   # where torch.compile works (a C++ compiler is found)
+    for tag in ("_compiled", "_bf16_compiled")[:1 + bf16_on(report)]:   # where torch.compile works (a C++ compiler)
         assert st[f"compile_seconds{tag}"] > 0
         if st[f"compiled{tag}"]:
             assert st[f"stream_chunk_ms_p50{tag}"] <= st[f"stream_chunk_ms_p95{tag}"]

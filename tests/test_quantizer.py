@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from src.config import RVQConfig
 from src.data import keypoints as kp
+from src.hardware import FORCE_ENV, detected
 from src.models import quantizer
 from src.models.quantizer import Codebook, MultiStreamRVQ, ResidualQuantizer, _runs, sq_distances
 
@@ -352,9 +353,10 @@ def _level_losses_reference(x: torch.Tensor, embed: torch.Tensor, temperature: f
 def test_level_losses_and_gradient_match_autograd_in_float64(active, bf16, monkeypatch):
     """The fused level losses (in-place passes, gradient formed in the forward) give the same
     codes, the losses to float rounding and the gradient to 1e-5 of its norm; with the usage
-    gradient's matmul in bf16 (CPUs that have it in hardware) to 1% of its norm."""
-    monkeypatch.setattr(quantizer, "_BF16_USAGE_GRAD", bf16)
-    monkeypatch.setattr(quantizer, "_BF16_DISTANCES", False)   # exact codes: their own test below
+    gradient's matmul in bf16 (CPUs that have it in hardware; forced here) to 1% of its norm.
+    The codebook is a first level: its distances stay fp32 either way, so the codes are exact."""
+    monkeypatch.setenv(FORCE_ENV, "1" if bf16 else "0")
+    assert quantizer._bf16_usage_grad() == bf16
     torch.manual_seed(0)
     cb = Codebook(16, rvq_cfg(codebook_size=64, init="random"), groups=2).train()
     cb.embed.copy_(torch.randn(2, 64, 16))
@@ -375,7 +377,20 @@ def test_level_losses_and_gradient_match_autograd_in_float64(active, bf16, monke
     assert error < (1e-2 if bf16 else 1e-5), error
 
 
-@pytest.mark.skipif(not quantizer._BF16_DISTANCES, reason="this CPU has no bf16 matmul in hardware")
+def test_training_distances_are_exact_where_bf16_is_off(monkeypatch):
+    """Without bf16 hardware (forced here, on any CPU) a residual level's training search is the
+    exact fp32 nearest code, and oneDNN's matmul precision is never touched."""
+    monkeypatch.setenv(FORCE_ENV, "0")
+    torch.manual_seed(0)
+    cb = Codebook(256, rvq_cfg(codebook_size=1024, init="random"), groups=2, residual=True)
+    x = torch.randn(2, 2000, 256)
+    exact = Codebook.distances(x, cb.embed, cb.embed.pow(2).sum(-1)).argmin(-1)
+    _, picked, _, _ = cb.train()(x)
+    assert not quantizer._bf16_distances()
+    assert torch.equal(picked, exact)
+
+
+@pytest.mark.skipif(not detected().bf16, reason="this CPU has no bf16 matmul in hardware")
 def test_training_distances_in_bf16_pick_the_nearest_code_up_to_rounding():
     """In training a residual level's distance matmul rounds its inputs to bf16: each code it
     picks is the fp32 nearest, or one whose fp32 distance is within that rounding's bound of it

@@ -78,12 +78,12 @@ def test_pieces_equal_whole_equal_causal_offline_path(model_cfg, raw, reference)
 
 
 @pytest.mark.parametrize("prepack", [False, True])
-def test_bf16_weights_compute_what_autocast_computes(model_cfg, prepack):
+def test_bf16_weights_compute_what_autocast_computes(model_cfg, prepack, bf16_on):
     """The bf16 copy holds bf16 linear weights (cast once, not per chunk; prepacked for oneDNN
     or not): under autocast it computes what the model does, bit for bit."""
     model, cfg = model_cfg
     if prepack and not can_prepack("cpu"):
-        pytest.skip("this torch build has no oneDNN prepacked linear")
+        pytest.skip("oneDNN's prepacked bf16 linear does not run on this CPU (no AVX512-BW/VL/DQ or AVX-NE-CONVERT)")
     twin = bf16_weights(model, prepack=prepack)
     assert isinstance(twin.encoder.transformer.blocks[0].qkv, PackedLinear) == prepack
     assert twin.encoder.transformer.blocks[0].qkv.weight.dtype == torch.bfloat16
@@ -98,7 +98,7 @@ def test_bf16_weights_compute_what_autocast_computes(model_cfg, prepack):
                 assert torch.equal(got, want)
 
 
-def test_bf16_stream_equals_the_causal_offline_bf16_path(model_cfg, raw):
+def test_bf16_stream_equals_the_causal_offline_bf16_path(model_cfg, raw, bf16_on):
     """Both run ``step_model``: prepacked bf16 weights and the quantiser's code shortlist; the
     shortlist rescored in fp32 gives the codes of the plain bf16 path here."""
     model, cfg = model_cfg
@@ -115,6 +115,20 @@ def test_bf16_stream_equals_the_causal_offline_bf16_path(model_cfg, raw):
     np.testing.assert_array_equal(np.stack(plain), offline)
 
 
+def test_bf16_without_hardware_streams_fp32_with_one_warning(model_cfg, raw, monkeypatch):
+    """With the CPU's bf16 answer forced off (as on an AVX2-only CPU), a bf16 request streams in
+    fp32 after one warning that names the CPU, and gives fp32's codes exactly."""
+    from src.hardware import FORCE_ENV
+
+    model, cfg = model_cfg
+    monkeypatch.setenv(FORCE_ENV, "0")
+    with pytest.warns(UserWarning, match=r"stream in bf16: this CPU has no bf16 matmul in hardware .*running in fp32"):
+        tok = StreamingTokenizer(model, cfg, precision="bf16")
+    assert tok.precision == "fp32" and tok.step_model is model
+    fp32, _ = stream_codes(StreamingTokenizer(model, cfg, precision="fp32"), raw, [])
+    np.testing.assert_array_equal(stream_codes(tok, raw, [4] * 10)[0], fp32)
+
+
 def fsq_context_model(model: SignTokenizer, cfg):
     """A fresh model with the face on FSQ beside EMA codebooks and the body coded from its decoded past."""
     rvq = dataclasses.replace(cfg.model.rvq, fsq_streams=["F"], fsq_levels=[4, 4, 4], codebook_size=64)
@@ -126,7 +140,7 @@ def fsq_context_model(model: SignTokenizer, cfg):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_fsq_face_and_body_context_stream_equals_the_causal_offline_path(model_cfg, raw, precision):
+def test_fsq_face_and_body_context_stream_equals_the_causal_offline_path(model_cfg, raw, precision, bf16_on):
     """A face on FSQ beside EMA codebooks and the body coded from its decoded past: the stream,
     pushed in pieces, gives the causal offline path's codes (fp32 and the bf16 step model)."""
     other, cfg = fsq_context_model(*model_cfg)
@@ -138,7 +152,7 @@ def test_fsq_face_and_body_context_stream_equals_the_causal_offline_path(model_c
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_compiled_stream_equals_the_causal_offline_compiled_path(model_cfg, raw, precision):
+def test_compiled_stream_equals_the_causal_offline_compiled_path(model_cfg, raw, precision, bf16_on):
     """compile=True: the step (encode, quantise and, for the body's context, decode) through torch.compile.
     The stream in pieces gives the compiled causal offline path's codes, bit for bit, and the
     eager step's codes up to last-bit ties; the caller's model is left as it was."""
@@ -160,7 +174,7 @@ def test_compiled_stream_equals_the_causal_offline_compiled_path(model_cfg, raw,
 
 
 @pytest.mark.parametrize("failure", ["error", "eager"])
-def test_compile_failure_streams_eagerly_with_a_warning(model_cfg, raw, monkeypatch, failure):
+def test_compile_failure_streams_eagerly_with_a_warning(model_cfg, raw, monkeypatch, failure, bf16_on):
     """torch.compile failing (no C++ compiler), or running eagerly without a word (as past its
     recompile limit): a warning that says so, and the eager step."""
     def broken(*args, **kwargs):

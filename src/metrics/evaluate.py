@@ -15,6 +15,7 @@ from tqdm import tqdm
 from src.config import Config
 from src.data import keypoints as kp
 from src.data.dataset import Batch
+from src.hardware import bf16_supported
 from src.losses import compute_losses, to_timeline
 from src.metrics.codebook import code_counts, code_label, usage_stats
 from src.metrics.holds import annotated_hold_chunks, hold_token_sums, motion_hold_chunks
@@ -251,8 +252,9 @@ def _spread(values: np.ndarray) -> dict[str, float]:
 
 
 def autocast(device: torch.device, cfg: Config) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (and on CPU only when asked); otherwise a no-op."""
-    use = cfg.train.amp and (device.type == "cuda" or cfg.train.amp_cpu)
+    """bf16 autocast on CUDA (and on CPU only when asked), where the device has bf16 (src/hardware.py);
+    otherwise a no-op."""
+    use = cfg.train.amp and (device.type == "cuda" or cfg.train.amp_cpu) and bf16_supported(device)
     return torch.autocast(device.type, dtype=torch.bfloat16) if use else contextlib.nullcontext()
 
 

@@ -24,29 +24,27 @@ from torch import nn
 
 from src.config import RVQConfig
 from src.data import keypoints as kp
+from src.hardware import cpu_caps
 
 
 # Codebook.encode_shortlist's first pass on CPU: torch's weight-only int8 matmul (bf16 in and out)
 _INT8_FIRST_PASS = hasattr(torch.ops.aten, "_weight_int8pack_mm")
 
 
-def _hardware_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AMX or AVX512-BF16)."""
-    probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
-    return any(probe is not None and probe() for probe in probes)
+def _bf16_usage_grad() -> bool:
+    """The usage term's gradient matmul (N x K by K x D per level) in bf16 where the CPU has bf16
+    matmuls in hardware (src/hardware.py), for a regulariser's gradient rounded to 3 digits."""
+    return cpu_caps().bf16
 
 
-# The usage term's gradient matmul (N x K by K x D per level) in bf16 on such CPUs: 16x faster than
-# fp32 at 4096 x 1024 x 256 (AMX), for a regulariser's gradient rounded to 3 significant digits.
-_BF16_USAGE_GRAD = _hardware_bf16()
-
-# The training step's distance matmul of the residual levels (N x D by D x K) with its fp32 inputs
-# rounded to bf16 inside oneDNN (fp32 accumulation and output, as TF32 on GPUs) on such CPUs:
-# 3-4x faster at 4096 x 256 x 1024. Not level 0: trained latents sit far from the origin, where
-# rounding x.e to 3 digits swapped 8-11% of a trained model's level-0 codes; residuals are small,
-# and 0-0.2% of their codes changed, near-ties (docs/streaming.md). Only the training forward:
-# encode, export, the stream and evaluation search in fp32.
-_BF16_DISTANCES = _BF16_USAGE_GRAD and hasattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision")
+def _bf16_distances() -> bool:
+    """The training step's distance matmul of the residual levels (N x D by D x K) with its fp32
+    inputs rounded to bf16 inside oneDNN (fp32 accumulation and output, as TF32 on GPUs), on CPUs
+    with bf16 matmuls in hardware. Not level 0: trained latents sit far from the origin, where
+    rounding x.e to 3 digits swapped 8-11% of a trained model's level-0 codes; residuals are
+    small, and 0-0.2% of their codes changed, near-ties. Only the training forward: encode,
+    export, the stream and evaluation search in fp32."""
+    return cpu_caps().bf16 and hasattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision")
 
 
 @contextlib.contextmanager
@@ -114,7 +112,7 @@ class Codebook(nn.Module):
     """One VQ level for ``groups`` independent codebooks of K codes (one per stream).
 
     Inputs are (G, N, D): group g is quantised with codebook g only. ``residual``: a level
-    after the first, whose small inputs the training search may round to bf16 (``_BF16_DISTANCES``).
+    after the first, whose small inputs the training search may round to bf16 (``_bf16_distances``).
     """
 
     def __init__(self, dim: int, cfg: RVQConfig, groups: int = 1, residual: bool = False):
@@ -247,7 +245,7 @@ class Codebook(nn.Module):
             norms = embed.pow(2).sum(-1)
         else:
             embed, norms = self.embed, self._embed_norms()
-        fast = (self.training and self.residual and _BF16_DISTANCES and x.device.type == "cpu"
+        fast = (self.training and self.residual and _bf16_distances() and x.device.type == "cpu"
                 and x.dtype == torch.float32)
         # no autograd: the usage term differentiates the distances itself (_LevelLosses)
         with torch.no_grad(), _fp32_matmul_as_bf16(fast):
@@ -423,7 +421,7 @@ class _LevelLosses(torch.autograd.Function):
         usage, exps, z, u, scale = _usage_forward(dists, d_min, temperature)
         grad_usage = None
         if ctx.needs_input_grad[0]:
-            low = _BF16_USAGE_GRAD and x.device.type == "cpu" and x.dtype == torch.float32
+            low = _bf16_usage_grad() and x.device.type == "cpu" and x.dtype == torch.float32
             logits_grad = _usage_grad_logits(torch.ones_like(usage), exps, z, u, torch.bfloat16 if low else None)
             grad_usage = torch.bmm(logits_grad, embed.to(logits_grad.dtype)).float().mul_(-2.0 / (scale * z))  # (G, N, D)
         ctx.save_for_backward(diff, grad_usage)
@@ -759,7 +757,7 @@ class MultiStreamRVQ(nn.Module):
         """z (N, S, D) -> quantized (N, S, D), codes (N, S, codes_per_stream), per-stream losses (S,).
 
         Always fp32, also under autocast: bf16 distances would pick wrong nearest codes (the
-        training search of residual levels rounds only its inputs: ``_BF16_DISTANCES``).
+        training search of residual levels rounds only its inputs: ``_bf16_distances``).
         """
         with torch.autocast(z.device.type, enabled=False):
             x = self._groups(z)

@@ -17,6 +17,7 @@ from src.config import Config, ConfigError, apply_overrides, config_differences,
 from src.data.dataset import PoseDataset, require_root
 from src.data.keypoints import STREAM_NAMES
 from src.data.source import DataError, split_names
+from src.hardware import resolve_precision
 from src.inference import Tokenized, tokenize
 from src.metrics.codebook import code_counts
 from src.models.tokenizer import SignTokenizer
@@ -152,7 +153,7 @@ def _new_stats(cfg: Config, split: str) -> ExportStats:
     return ExportStats(split, cfg.model.rvq.codes_per_chunk, rle, depth)
 
 
-def _meta(cfg: Config, split: str, checkpoint: str) -> dict:
+def _meta(cfg: Config, split: str, checkpoint: str, precision: str) -> dict:
     ex = cfg.export
     # With split latents a stream's codes per chunk are level-major: code j is level
     # j // splits of part j % splits (num_levels counts codes, not levels).
@@ -161,7 +162,8 @@ def _meta(cfg: Config, split: str, checkpoint: str) -> dict:
             "codes_per_stream": {name: rvq.stream_codes(name) for name in STREAM_NAMES},
             "adaptive_depth": ex.adaptive_depth,
             "depth_threshold": ex.depth_threshold if ex.adaptive_depth else None,
-            "rle_threshold": ex.rle_threshold, "max_run": ex.max_run, "precision": ex.precision}
+            "rle_threshold": ex.rle_threshold, "max_run": ex.max_run, "precision": precision,
+            **({"precision_requested": ex.precision} if precision != ex.precision else {})}
 
 
 def tokenized_record(tok: Tokenized, cfg: Config, meta: dict, text: str | None = None
@@ -224,13 +226,15 @@ def export_tokens(model: SignTokenizer, cfg: Config, split: str, num_samples: in
     names = split_names(require_root(data_cfg.root), data_cfg.split_file, split)
     names = names[:num_samples] if num_samples > 0 else names
     dataset = PoseDataset(data_cfg, split, names=names, progress=progress)
-    failures, stats, meta = _scan_failures(names, dataset), _new_stats(cfg, split), _meta(cfg, split, checkpoint)
+    precision = resolve_precision(cfg.export.precision, device, "export.precision=bf16")
+    failures, stats = _scan_failures(names, dataset), _new_stats(cfg, split)
+    meta = _meta(cfg, split, checkpoint, precision)
     stats.attempted, records = len(names), []
     with tqdm(total=len(dataset), desc=f"export {split}", unit="seq", disable=not progress or None) as bar:
         for start in range(0, len(dataset), batch_size):
             indices = range(start, min(start + batch_size, len(dataset)))
             samples = _load(dataset, indices, failures)
-            for tok in tokenize(model, samples, device, cfg.export.precision) if samples else []:
+            for tok in tokenize(model, samples, device, precision) if samples else []:
                 try:
                     record, counts, depths = tokenized_record(tok, cfg, meta, _text(dataset, tok.name))
                 except ValueError as e:

@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from src.bench import FAST, FAST_OVERRIDES, FULL, run_bench, table, thread_advice
         from src.config import ConfigError, apply_overrides, load_config
+        from src.hardware import cpu_caps
         from src.runtime import set_threads
         from src.train.runlog import write_json
 
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads is not None:
             cfg.threads = args.threads
         set_threads(cfg.threads)  # the "default" threads of the figures; 1 thread is measured beside
+        print(f"cpu: {cpu_caps().describe()}", file=sys.stderr)   # figures of other CPUs do not compare
         report = run_bench(cfg, device, FAST if args.fast else FULL, model)
         print(table(report), file=sys.stderr)
         advice = thread_advice(report)

@@ -75,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
               f"frame to its tokens: p50 {np.percentile(ms, 50):.2f} ms, p95 {np.percentile(ms, 95):.2f} ms "
               f"(max {ms.max():.2f}); {count_tokens(entries)} tokens after RLE")
         if args.out:
-            _write_record(args, cfg, codes, entries, frames.shape[0])
+            _write_record(args, cfg, codes, entries, frames.shape[0], tok.precision)
         return 0
 
     return run(body)
 
 
-def _write_record(args, cfg, codes, entries: list[dict], num_frames: int) -> None:
+def _write_record(args, cfg, codes, entries: list[dict], num_frames: int, precision: str) -> None:
     """The export-tokens record of the streamed codes; its tokens must equal the stream's rebuilt entries."""
     from pathlib import Path
 
@@ -90,7 +90,8 @@ def _write_record(args, cfg, codes, entries: list[dict], num_frames: int) -> Non
     from src.tokens.sequence import sequence_record
 
     settings = token_settings(cfg)
-    meta = {"checkpoint": args.checkpoint, "source": Path(args.input).name, "causal": True, "num_frames": num_frames}
+    meta = {"checkpoint": args.checkpoint, "source": Path(args.input).name, "causal": True, "num_frames": num_frames,
+            "precision": precision}
     record, _ = sequence_record(Path(args.input).stem, codes, settings, meta)
     if record["tokens"] != entries:
         raise RuntimeError("the streamed NC runs differ from the offline RLE of the same codes")
