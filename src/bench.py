@@ -14,7 +14,6 @@ import itertools
 import math
 import mmap
 import os
-import platform
 import sys
 import tempfile
 import time

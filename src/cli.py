@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -105,13 +104,15 @@ _OS_FIXES = {
 def describe_os_error(e: OSError) -> str:
     """One line for an OSError: the path, what went wrong, and the fix.
 
-    An atomic write fails on its temp file (``.<name>.<pid>.tmp``) or on the rename to the
-    target; the line names the target either way.
+    An atomic write fails on its temp file (:func:`src.files.temp_path`) or on the rename to
+    the target; the line names the target either way.
     """
+    from src.files import temp_target
+
     path = e.filename2 or e.filename
     if path is not None:
-        tmp = re.fullmatch(r"\.(.+)\.[0-9a-f]+\.tmp(\.\w+)?", Path(str(path)).name)
-        path = Path(str(path)).with_name(tmp.group(1) + (tmp.group(2) or "")) if tmp else path
+        target = temp_target(Path(str(path)).name)
+        path = Path(str(path)).with_name(target) if target else path
     where = f"{path}: " if path is not None else ""
     what = e.strerror or e.__class__.__name__
     fix = _OS_FIXES.get(e.errno)

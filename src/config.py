@@ -496,7 +496,6 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    from src.files import write_text
+
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

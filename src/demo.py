@@ -17,7 +17,7 @@ from src.tokens.export import export_tokens, token_settings, write_llm_files
 from src.tokens.records import write_jsonl_atomic
 from src.train.distributed import pick_device
 from src.train.loop import train
-from src.train.runlog import write_json
+from src.files import write_json
 from src.viz.recon import reconstruct, render_recon
 from src.viz.token_report import write_token_plots
 

@@ -28,7 +28,7 @@ from src.train import loop
 from src.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from src.train.loop import NonFiniteLoss, train
 from src.train.optim import lr_at
-from src.train.runlog import remove_stale_temps, write_json
+from src.files import host_tag, remove_stale_temps, temp_path, temp_target, write_json
 from tests.conftest import REPO, tiny_config
 
 POSE_DIR = "frames_512x512"
@@ -152,6 +152,23 @@ def test_split_value_that_is_a_string_is_an_error(tmp_path):
     with pytest.raises(DataError, match=r"split 'train' is str 'a', not a list of names") as err:
         split_names(root, "split_files.json", "val")
     assert "split_files.json" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["../secret", "/etc/secret", "sub/a", "..", "a\\b"])
+def test_split_names_outside_the_root_are_refused(tmp_path, name, capsys):
+    """A name that would read a file outside the pose folder (here a real array one level up)
+    is a one-line error naming the split file, in training, export and data-check alike."""
+    root = make_root(tmp_path / "r", {"a": seq(1)}, ["a"], ["a"])
+    np.save(root / "secret.npy", seq(1))   # what "../secret" would read from the pose folder
+    (root / "split_files.json").write_text(json.dumps({"train": ["a", name], "val": ["a"]}))
+    with pytest.raises(DataError, match=r"split 'train' names .*not a plain file name inside the root") as err:
+        split_names(root, "split_files.json", "val")
+    assert str(root / "split_files.json") in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(DataError, match="not a plain file name"):
+        PoseDataset(tiny_config(root, tmp_path).data, "train")
+    from src.commands.data.check import main as check_main
+    assert check_main(["--root", str(root)]) != 0
+    assert "not a plain file name inside the root" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("file", ["split_files.json", "annotations.json"])
@@ -296,7 +313,7 @@ def test_no_space_and_no_permission_name_the_file(tmp_path, monkeypatch):
     line = describe_os_error(err.value)
     assert line.startswith(f"{target}: No space left") and "free space" in line
     assert list(tmp_path.iterdir()) == []  # no temp file left behind
-    denied = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".ckpt_last.pt.123.tmp"),
+    denied = PermissionError(errno.EACCES, "Permission denied", str(temp_path(tmp_path / "ckpt_last.pt")),
                              None, str(tmp_path / "ckpt_last.pt"))
     assert describe_os_error(denied) == (f"{tmp_path / 'ckpt_last.pt'}: Permission denied (fix: choose a "
                                          "location you may write to, or change its permissions)")
@@ -363,6 +380,51 @@ def test_checkpoint_with_flipped_bytes_is_a_one_line_error(tmp_path):
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_run_folder_made_by_another_run_meanwhile_is_never_touched(synth_root, tmp_path, monkeypatch):
+    """Another run creating the same timestamped folder between a look and the mkdir (the look
+    is made to miss it here) costs that run nothing: this run takes the next name, and a failure
+    after that removes only the folder this process made."""
+    from src.train import runlog
+
+    monkeypatch.setattr(runlog.time, "strftime", lambda fmt, *a: "20260101-000000" if "%H" in fmt else "x")
+    monkeypatch.setattr(Path, "exists", lambda self: False)
+    cfg = tiny_config(synth_root, tmp_path)
+    other = tmp_path / cfg.experiment_name / "20260101-000000"
+    other.mkdir(parents=True)
+    (other / "ckpt_last.pt").write_bytes(b"another run's checkpoint")
+    mine = runlog.create_run_dir(cfg)
+    assert mine == other.with_name("20260101-000000-1") and (mine / "config.yaml").is_file()
+
+    def fail(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runlog, "save_config", fail)
+    with pytest.raises(ConfigError, match="cannot create the run folder"):
+        runlog.create_run_dir(cfg)
+    assert (other / "ckpt_last.pt").read_bytes() == b"another run's checkpoint" and mine.is_dir()
+    assert sorted(p.name for p in other.parent.iterdir()) == ["20260101-000000", "20260101-000000-1"]
+
+
+def test_checkpoint_without_its_checksum_loads_only_if_written_before_checksums(tiny_checkpoint, tmp_path, caplog):
+    """Removing the checksum key does not bypass the check: a file whose config shows a version
+    that stores checksums is refused; only a file from before checksums loads, and says so."""
+    from src.train.checkpoint import CHECKSUM_KEY
+
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    del state[CHECKSUM_KEY]
+    state["model"]["point_mean"] = state["model"]["point_mean"] + 1   # an edit the checksum would have caught
+    edited = tmp_path / "edited.pt"
+    torch.save(state, edited)
+    with pytest.raises(CheckpointError, match="no checksum stored, though the version that wrote it stores one"):
+        load_checkpoint(edited)
+    del state["config"]["model"]["rvq"]["fsq_streams"]   # as written before checksums existed
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    with caplog.at_level("WARNING"):
+        assert torch.equal(load_checkpoint(old)["model"]["point_mean"], state["model"]["point_mean"])
+    assert f"{old}: written before checkpoints stored checksums; loaded unchecked" in caplog.text
+
+
 # ---------------------------------------------------------------------------- kills and resumes
 
 
@@ -372,16 +434,27 @@ def dead_pid() -> int:
     return proc.pid
 
 
+def temp_of(path: Path, pid: int, host: str | None = None) -> Path:
+    """The temp name a writer with ``pid`` on ``host`` (default: this one) uses for ``path``."""
+    return path.with_name(f".{path.name}.{host or host_tag()}.{pid}.tmp{path.suffix}")
+
+
 def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
+    """Only this host's temps whose writer is gone: a pid says nothing about another host's
+    writer (a folder shared between machines), so those stay."""
     from src.tokens.records import write_jsonl_atomic
 
-    stale = tmp_path / f".tokens.jsonl.{dead_pid()}.tmp"
-    live = tmp_path / f".tokens.jsonl.{os.getppid()}.tmp"  # its writer (our parent) still runs
-    stale.write_text("half")
-    live.write_text("being written")
-    write_jsonl_atomic(tmp_path / "tokens.jsonl", [{"a": 1}])
-    assert not stale.exists() and live.exists()
-    assert remove_stale_temps(tmp_path) == [] and live.exists()
+    target = tmp_path / "tokens.jsonl"
+    stale = temp_of(target, dead_pid())
+    live = temp_of(target, os.getppid())  # its writer (our parent) still runs
+    other_host = temp_of(target, dead_pid(), host="another-machine")
+    for path in (stale, live, other_host):
+        path.write_text("half")
+    assert temp_path(target).name == f".tokens.jsonl.{host_tag()}.{os.getpid()}.tmp.jsonl"
+    assert temp_target(stale.name) == temp_target(other_host.name) == "tokens.jsonl"
+    write_jsonl_atomic(target, [{"a": 1}])
+    assert not stale.exists() and live.exists() and other_host.exists()
+    assert remove_stale_temps(tmp_path) == [] and live.exists() and other_host.exists()
 
 
 @pytest.fixture
@@ -390,8 +463,8 @@ def killed_run(tiny_run, tmp_path) -> Path:
     epoch 2 written, its checkpoint not renamed yet (ckpt_last.pt is epoch 1), a temp file."""
     run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
     shutil.copy(run / "ckpt_epoch1.pt", run / "ckpt_last.pt")
-    (run / f".ckpt_last.pt.{dead_pid()}.tmp").write_bytes(b"half a checkpoint")
-    (run / "token_samples" / f".epoch_0002.jsonl.{dead_pid()}.tmp").write_text("half")
+    temp_of(run / "ckpt_last.pt", dead_pid()).write_bytes(b"half a checkpoint")
+    temp_of(run / "token_samples" / "epoch_0002.jsonl", dead_pid()).write_text("half")
     return run
 
 
@@ -404,7 +477,7 @@ def test_resume_cleans_what_a_kill_left(killed_run, synth_root):
     train(tiny_config(synth_root, killed_run.parent, "train.token_samples_every=0"),
           resume=str(killed_run / "ckpt_last.pt"))
     assert epochs_logged(killed_run) == [1, 2]  # epoch 2 once, from the resumed run
-    assert not list(killed_run.glob(".*.tmp")) and not list((killed_run / "token_samples").glob(".*.tmp"))
+    assert not list(killed_run.glob(".*.tmp*")) and not list((killed_run / "token_samples").glob(".*.tmp*"))
     assert load_checkpoint(killed_run / "ckpt_last.pt")["epoch"] == 2
 
 

@@ -12,7 +12,8 @@ from src.data.keypoints import (
     BODY_BONES, L_SHOULDER, L_WRIST, LEFT_HAND, NOSE, NUM_ROWS, R_SHOULDER, R_WRIST, RIGHT_HAND,
 )
 from src.viz import skeleton
-from src.viz._figure import atomic_path, new_figure
+from src.files import atomic_path
+from src.viz._figure import new_figure
 from src.viz.skeleton import draw_pose, render_comparison
 from src.viz.tokens import _decode, code_usage, plot_codebook_usage, plot_token_timeline
 

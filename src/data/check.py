@@ -15,7 +15,7 @@ import numpy as np
 
 from src.config import DataConfig
 from src.data import keypoints as kp
-from src.data.source import (NPY_ERRORS, PACK_ARRAY, PACK_DIR, PACK_INDEX, DataError, content_checksum,
+from src.data.source import (NPY_ERRORS, PACK_ARRAY, PACK_DIR, PACK_INDEX, DataError, content_checksum, plain_name,
                              index_problem, pack_problem, read_json, read_npy, usability)
 from src.data.synth import MARKER, synthetic_marker
 
@@ -147,6 +147,12 @@ def _layout(root: Path, cfg: DataConfig, errors: list[str]) -> tuple[list[str], 
         errors.append(f"{root / cfg.split_file}: split '{bad[0]}' is not a list of names "
                       '(fix: {"train": ["<name>", ...], "val": [...], "test": [...]})')
         splits = {s: v for s, v in splits.items() if isinstance(v, list)}
+    for split, listed in splits.items():
+        outside = next((n for n in listed if not isinstance(n, str) or not plain_name(n)), None)
+        if outside is not None:
+            errors.append(f"{root / cfg.split_file}: split '{split}' names {outside!r}, which is not a plain "
+                          "file name inside the root (fix: list names as <name>, without folders)")
+            splits[split] = [n for n in listed if isinstance(n, str) and plain_name(n)]
     if splits and "train" not in splits:
         errors.append(f"{root / cfg.split_file}: no 'train' split (has {', '.join(splits)}; "
                       "fix: add a \"train\" list)")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from src.data import keypoints as kp
+from src.files import temp_path, write_text
 from src.data.source import (NPY_ERRORS, PACK_ARRAY, PACK_DIR, PACK_INDEX, PACK_VERSION, DataError,
                              content_checksum, file_stamps, read_npy)
 
@@ -60,7 +61,7 @@ def write_pack(root: str | Path, out_dir: str | Path | None = None, pose_dir: st
     total = sum(lengths.values())
     out.mkdir(parents=True, exist_ok=True)
 
-    tmp_array = out / (PACK_ARRAY + ".tmp.npy")
+    tmp_array = temp_path(out / PACK_ARRAY)
     try:
         array = np.lib.format.open_memmap(tmp_array, mode="w+", dtype=np.float32,
                                           shape=(total, kp.NUM_ROWS, 3))
@@ -80,7 +81,5 @@ def write_pack(root: str | Path, out_dir: str | Path | None = None, pose_dir: st
 
     index = {"version": PACK_VERSION, "total_frames": total, "items": items, "skipped": bad,
              "stamps": stamps}
-    tmp_index = out / (PACK_INDEX + ".tmp")
-    tmp_index.write_text(json.dumps(index))
-    os.replace(tmp_index, out / PACK_INDEX)
+    write_text(out / PACK_INDEX, json.dumps(index))
     return index

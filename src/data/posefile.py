@@ -269,7 +269,7 @@ def write_pose(path: str | Path, rows: np.ndarray, fps: float = OUT_FPS) -> Path
     from pose_format.pose_header import PoseHeader, PoseHeaderDimensions
     from pose_format.utils.cocowholebody133_header import cocowholebody_components
 
-    from src.viz._figure import atomic_path
+    from src.files import atomic_path
 
     rows = np.asarray(rows, np.float32)
     w, h = (int(round(v)) for v in rows[0, kp.SIZE_ROW, :2])
@@ -311,7 +311,7 @@ def import_pose_files(files: list[Path], root: str | Path, split: str = "train"
     import json
 
     from src.data.source import read_json
-    from src.viz._figure import atomic_path
+    from src.files import atomic_path
 
     root = Path(root)
     (root / "frames_512x512").mkdir(parents=True, exist_ok=True)

@@ -251,7 +251,17 @@ def read_splits(root: Path, split_file: str) -> dict[str, list[str]]:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise DataError(f"{path}: split '{split}' is {type(names).__name__} {str(names)[:40]!r}, not a list "
                             f'of names (fix: "{split}": ["<name>", ...])')
+        outside = next((n for n in names if not plain_name(n)), None)
+        if outside is not None:
+            raise DataError(f"{path}: split '{split}' names {outside!r}, which is not a plain file name inside "
+                            "the root (fix: list names as <name> for <pose_dir>/<name>.npy, without folders)")
     return splits
+
+
+def plain_name(name: str) -> bool:
+    """A sequence name that can only mean a file directly in the pose folder: no folder part,
+    no ``..``, not absolute, no NUL (a split file must not read files outside the dataset)."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
 
 
 def split_names(root: Path, split_file: str, split: str) -> list[str]:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -26,6 +24,7 @@ from src.data.keypoints import (
     R_ELBOW, R_HIP, R_SHOULDER, R_WRIST, RIGHT_HAND, SIZE_ROW,
 )
 from src.data.source import DataError
+from src.files import atomic_path
 
 FPS = 30
 NUM_SIGNERS = 8
@@ -552,14 +551,8 @@ def frame_ranges(mask: np.ndarray) -> list[list[int]]:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write through a temp file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _split_of(index: int, fractions: tuple[float, float, float]) -> str:

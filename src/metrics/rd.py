@@ -108,8 +108,8 @@ def rd_report(checkpoints: list[str], out_dir: str | Path, root: str | None = No
     from src.inference import load_tokenizer, parse_levels
     from src.metrics.report import evaluation_report
     from src.train.distributed import pick_device
-    from src.train.runlog import write_json
-    from src.viz._figure import atomic_path
+    from src.files import write_json
+    from src.files import atomic_path
 
     if labels is not None and len(labels) != len(checkpoints):
         raise ValueError(f"{len(labels)} labels for {len(checkpoints)} checkpoints")

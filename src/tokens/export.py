@@ -26,7 +26,7 @@ from src.tokens.select import adaptive_depths, unchanged_chunks
 from src.tokens.sequence import TokenSettings, codes_to_streams, sequence_record
 from src.tokens.llm import SignVocab, prefix_tokens, vocab_of
 from src.tokens.template import llm_example
-from src.train.runlog import write_json
+from src.files import write_json
 
 log = logging.getLogger(__name__)
 

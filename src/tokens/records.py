@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from src.files import atomic_path, remove_stale_temps
 from src.tokens.rle import check_codes, is_int, is_nc, rle_decode
 from src.tokens.template import template_to_entries
 
@@ -105,27 +106,16 @@ def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict]) -> int:
     The temp file sits in the target's folder so that ``os.replace`` is an atomic rename:
     a reader never sees a half-written file, and a failure leaves the old file intact.
     """
-    from src.train.runlog import named, remove_stale_temps
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path.parent, path.name)  # left by a write that was killed
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        n = 0
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise named(e, path) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    if path.parent.is_dir():
+        remove_stale_temps(path.parent, path.name)  # left by a write that was killed
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n += 1
+        f.flush()
+        os.fsync(f.fileno())
     return n
 
 

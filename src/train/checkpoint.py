@@ -1,8 +1,7 @@
 """Atomic, self-describing checkpoints: plain types and tensors only (``weights_only`` loads)."""
 from __future__ import annotations
 
-import contextlib
-import os
+import logging
 import random
 import zlib
 from pathlib import Path
@@ -12,6 +11,9 @@ import numpy as np
 import torch
 
 from src.config import Config, ConfigError, from_dict
+from src.files import atomic_path
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -58,19 +60,9 @@ def save_checkpoint(path: str | Path, state: dict[str, Any], checksum: int | Non
     The payload's checksum is stored with it (:func:`load_checkpoint` verifies it); pass
     ``checksum`` (:func:`payload_checksum` of ``state``) to save one state under several names.
     """
-    from src.train.runlog import named
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        crc = payload_checksum(state) if checksum is None else checksum
+    crc = payload_checksum(state) if checksum is None else checksum
+    with atomic_path(path) as tmp:
         torch.save({**state, CHECKSUM_KEY: crc}, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise named(e, path) from None
-    finally:
-        with contextlib.suppress(OSError):  # a parent that is not a folder cannot hold it anyway
-            tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -88,11 +80,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in ("model", "config") if k not in state]
     if missing:
         raise CheckpointError(f"{path}: not a SignStream checkpoint (missing {', '.join(missing)})")
-    # Files written before checksums were stored have none; those load unchecked.
-    if CHECKSUM_KEY in state and payload_checksum(state) != state[CHECKSUM_KEY]:
-        raise CheckpointError(f"{path}: corrupt, its content does not match the checksum stored with it "
-                              "(fix: use another checkpoint of the run, e.g. ckpt_epoch<N>.pt or ckpt_best.pt)")
+    fix = "(fix: use another checkpoint of the run, e.g. ckpt_epoch<N>.pt or ckpt_best.pt)"
+    if CHECKSUM_KEY not in state:
+        if not written_before_checksums(state):
+            raise CheckpointError(f"{path}: no checksum stored, though the version that wrote it stores one: "
+                                  f"edited or damaged {fix}")
+        log.warning("%s: written before checkpoints stored checksums; loaded unchecked", path)
+    elif payload_checksum(state) != state[CHECKSUM_KEY]:
+        raise CheckpointError(f"{path}: corrupt, its content does not match the checksum stored with it {fix}")
     return state
+
+
+def written_before_checksums(state: dict[str, Any]) -> bool:
+    """Whether a checkpoint comes from a version that stored no checksum. Checksums came before
+    ``model.rvq.fsq_streams``: every version that stores that setting stores a checksum."""
+    config = state.get("config")
+    rvq = config.get("model", {}).get("rvq", {}) if isinstance(config, dict) else {}
+    return isinstance(rvq, dict) and "fsq_streams" not in rvq
 
 
 def config_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint") -> Config:

@@ -35,7 +35,8 @@ from src.train import distributed
 from src.train.checkpoint import (CheckpointError, config_from_checkpoint, load_checkpoint, load_model_state,
                                   payload_checksum, rng_state, save_checkpoint, set_rng_state)
 from src.train.optim import build_optimizer, lr_at
-from src.train.runlog import append_jsonl, create_run_dir, drop_epochs_after, remove_stale_temps, setup_logging
+from src.files import remove_stale_temps
+from src.train.runlog import append_jsonl, create_run_dir, drop_epochs_after, setup_logging
 
 log = logging.getLogger("signstream.train")
 

@@ -1,10 +1,8 @@
 """What a run leaves behind: its folder, resolved config, provenance, log file, metrics."""
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import platform
 import shutil
 import subprocess
@@ -15,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from src.config import Config, ConfigError, save_config
+from src.files import write_json, write_text
 
 log = logging.getLogger("signstream")
 PACKAGES = ("torch", "numpy", "pyyaml", "tensorboard", "matplotlib", "imageio", "tqdm")
@@ -47,62 +46,32 @@ def create_run_dir(cfg: Config) -> Path:
     """``<save_path>/<experiment_name>/<timestamp>/`` with config, git and environment written."""
     base = Path(cfg.save_path) / cfg.experiment_name
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run = base / stamp
-    n = 1
-    while run.exists():  # two runs in the same second get distinct folders
-        run, n = base / f"{stamp}-{n}", n + 1
+    run, n = base / stamp, 1
     try:
-        run.mkdir(parents=True)
+        base.mkdir(parents=True, exist_ok=True)
+        while True:   # two runs in the same second get distinct folders; mkdir decides who got which
+            try:
+                run.mkdir()
+                break
+            except FileExistsError:
+                run, n = base / f"{stamp}-{n}", n + 1
+    except OSError as e:
+        raise _no_run_folder(cfg, e) from None
+    try:
         save_config(cfg, run / "config.yaml")
         write_json(run / "provenance.json", {"git": git_info(), "environment": environment(),
                                               "argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
     except OSError as e:
-        from src.cli import describe_os_error
-
-        shutil.rmtree(run, ignore_errors=True)  # no half-made run folder
-        raise ConfigError(f"save_path={cfg.save_path}: cannot create the run folder there "
-                          f"({describe_os_error(e)}; or set save_path=<a writable folder>)") from None
+        shutil.rmtree(run, ignore_errors=True)  # no half-made run folder (this process made it)
+        raise _no_run_folder(cfg, e) from None
     return run
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Atomic JSON write (temp file, then rename); a failure leaves no temp file and names ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=float))
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise named(e, path) from None
+def _no_run_folder(cfg: Config, e: OSError) -> ConfigError:
+    from src.cli import describe_os_error
 
-
-def named(e: OSError, path: str | Path) -> OSError:
-    """``e`` with ``path`` as its file name when it has none (a full disk fails in write())."""
-    return e if e.filename else type(e)(e.errno, e.strerror, str(path))
-
-
-def remove_stale_temps(folder: str | Path, target: str = "*") -> list[Path]:
-    """Delete ``.<target>.<pid>.tmp`` files in ``folder`` left by a killed process (pid not running)."""
-    removed = []
-    for tmp in Path(folder).glob(f".{target}.*.tmp"):
-        pid = tmp.name[:-len(".tmp")].rsplit(".", 1)[-1]
-        if pid.isdigit() and not _running(int(pid)):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
+    return ConfigError(f"save_path={cfg.save_path}: cannot create the run folder there "
+                       f"({describe_os_error(e)}; or set save_path=<a writable folder>)")
 
 
 def drop_epochs_after(path: str | Path, epoch: int) -> int:
@@ -121,9 +90,7 @@ def drop_epochs_after(path: str | Path, epoch: int) -> int:
         except (ValueError, KeyError, TypeError):
             pass
     if len(keep) < len(lines):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, "".join(line + "\n" for line in keep))
     return len(lines) - len(keep)
 
 

@@ -16,7 +16,8 @@ from src.data.keypoints import (
     BODY, BODY_BONES, FACE, FACE_BONES, L_SHOULDER, L_WRIST, LEFT_HAND, LEFT_HAND_BONES, NOSE, NUM_ROWS,
     R_SHOULDER, R_WRIST, RIGHT_HAND, RIGHT_HAND_BONES, SIZE_ROW,
 )
-from src.viz._figure import atomic_path, new_figure
+from src.files import atomic_path
+from src.viz._figure import new_figure
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         from src.data.check import check_root, format_report
-        from src.train.runlog import write_json
+        from src.files import write_json
 
         cfg = dataclasses.replace(
             DataConfig(), root=args.root, split_file=args.split_file, annotation_file=args.annotation_file,

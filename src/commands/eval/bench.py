@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         from src.config import ConfigError, apply_overrides, load_config
         from src.hardware import cpu_caps
         from src.runtime import set_threads
-        from src.train.runlog import write_json
+        from src.files import write_json
 
         if args.device == "cuda" and not torch.cuda.is_available():
             print("error: --device cuda but no CUDA device is available (use --device cpu)", file=sys.stderr)

@@ -178,7 +178,7 @@ def _report(args, pl, results, settings, unit, num_train, evals) -> int:
           f"{min(margins[first].values()):+.3f} below the best control (needed {args.min_margin:+.3f})")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from src.train.runlog import write_json
+    from src.files import write_json
 
     write_json(out / "prefix_lm.json", {
         "metric": metric, "pass": passed, "min_margin": args.min_margin, "margins": margins,
