@@ -94,6 +94,49 @@ def _train_worker(rank: int, tmp: str, root: str) -> None:
         distributed.teardown()
 
 
+def _diverging_worker(rank: int, tmp: str, root: str) -> None:
+    """Rank 1's codebook drifts away from rank 0's after each validation (as a rank-local bug
+    would make it): the first epoch's check must stop the run on both ranks."""
+    _torchrun_env(rank)
+    from src.train import distributed
+    from src.train.loop import Trainer
+
+    cfg = tiny_config(Path(root), Path(tmp) / "runs", "train.epochs=2", "train.token_samples_every=0")
+    info = distributed.setup("cpu")
+    try:
+        trainer = Trainer(cfg, info)
+        validate = trainer.validate
+
+        def drifting(*args, **kwargs):
+            out = validate(*args, **kwargs)
+            if rank == 1:
+                with torch.no_grad():
+                    trainer.model.quantizer.rvq.levels[0].embed.add_(1e-3)
+            return out
+
+        trainer.validate = drifting
+        try:
+            trainer.fit()
+            outcome = "finished"
+        except RuntimeError as e:
+            outcome = str(e)
+        Path(f"{tmp}/outcome{rank}.txt").write_text(f"{outcome}\nepoch {trainer.epoch}")
+    finally:
+        distributed.teardown()
+
+
+def test_ranks_that_disagree_stop_the_run(synth_root, tmp_path, monkeypatch):
+    """ranks_agree can say False: codebooks that differ between ranks stop training on every rank
+    at the first check, before anything is saved as agreed."""
+    monkeypatch.setenv("TEST_DDP_PORT", _free_port())
+    mp.spawn(_diverging_worker, args=(str(tmp_path), str(synth_root)), nprocs=WORLD)
+    for rank in range(WORLD):
+        outcome = (tmp_path / f"outcome{rank}.txt").read_text()
+        assert outcome == "ranks hold different weights or codebooks; stopping\nepoch 0", (rank, outcome)
+    run = next((tmp_path / "runs" / "tiny").iterdir())
+    assert not (run / "ckpt_last.pt").exists()
+
+
 def _teardown_worker(rank: int, tmp: str) -> None:
     _torchrun_env(rank)
     from torch.nn.parallel import DistributedDataParallel as DDP

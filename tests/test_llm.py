@@ -189,22 +189,53 @@ def test_proxy_learns_an_easy_mapping_and_the_wrong_video_does_not() -> None:
         assert float(objective) > float(text) == float(pl.batch_loss(model, batch)[0])
 
 
-def test_verify_prefix_lm_on_exported_records(tmp_path, capsys) -> None:
+def _proxy_run(tmp_path, capsys, lines: list[dict], *extra: str) -> tuple[int, str, dict]:
+    from src.commands.verify import prefix_lm as cmd
+
+    path = tmp_path / "tokens.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in lines))
+    out = tmp_path / "proxy"
+    rc = cmd.main(["--tokens", str(path), "--width", "32", "--heads", "2", "--layers", "1", "--batch-size", "16",
+                   "--lr", "1e-2", "--prefix-weight", "0", "--val-frac", "0.25", "--out", str(out), *extra])
+    return rc, capsys.readouterr().out, json.loads((out / "prefix_lm.json").read_text())
+
+
+def test_verify_prefix_lm_fails_on_tokens_that_carry_nothing(tmp_path, capsys) -> None:
+    """Texts unrelated to the tokens: at the default margin the verdict is FAIL and the exit 1."""
     pytest.importorskip("transformers", reason="optional: pip install transformers tokenizers")
     from src.commands.verify import prefix_lm as cmd
 
     meta = {"codebook_size": K, "codes_per_stream": COUNTS, "max_run": 4}
-    path = tmp_path / "tokens.jsonl"
     lines = [{"video_name": f"v{k}", "tokens": random_entries(k, 4), "text": f"w{k % 3} w{k % 2}", "meta": meta}
              for k in range(12)] + [{"video_name": "silent", "tokens": random_entries(99, 4), "meta": meta}]
-    path.write_text("\n".join(json.dumps(r) for r in lines))
-    out = tmp_path / "proxy"
-    rc = cmd.main(["--tokens", str(path), "--steps", "4", "--width", "16", "--heads", "2", "--layers", "1",
-                   "--batch-size", "4", "--out", str(out), "--min-margin", "-2"])
-    printed = capsys.readouterr().out
-    assert rc == 0 and "PASS" in printed and "1 records skipped (first: silent: no text)" in printed
-    figures = json.loads((out / "prefix_lm.json").read_text())
+    rc, printed, figures = _proxy_run(tmp_path, capsys, lines, "--steps", "4")
+    assert rc == 1 and "FAIL" in printed and "1 records skipped (first: silent: no text)" in printed
+    assert figures["pass"] is False and figures["min_margin"] == 0.1
+    assert figures["pass"] == (min(figures["margins"]["held-out videos"].values()) >= figures["min_margin"])
     assert figures["metric"] == "WER" and set(figures["results"]) == set(pl.CONDITIONS)
-    assert figures["results"]["tokens"]["scores"]["held-out videos"]["n"] == 2
-    assert (out / "prefix_lm_loss.png").stat().st_size > 1000
+    assert figures["results"]["tokens"]["scores"]["held-out videos"]["n"] == 3
+    assert (tmp_path / "proxy" / "prefix_lm_loss.png").stat().st_size > 1000
     assert cmd.main(["--tokens", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_verify_prefix_lm_passes_where_the_tokens_carry_the_text(tmp_path, capsys) -> None:
+    """A video's word is named by the face code of its first chunk; its second chunk's face
+    code is another word's (the other streams hold codes that say nothing). The tokens beat both
+    controls (shuffled order, another video) by the default margin: PASS, exit 0."""
+    pytest.importorskip("transformers", reason="optional: pip install transformers tokenizers")
+    words = ["HELLO", "SCHOOL", "WATER", "HOME"]
+    meta = {"codebook_size": K, "codes_per_stream": COUNTS, "max_run": 4}
+    rng, lines = random.Random(1), []
+    for k in range(96):
+        a, b = rng.sample(range(len(words)), 2)
+        codes = {name: [[a], [b]] if name == "F" else [[k % K] * COUNTS[name]] * 2 for name in STREAM_NAMES}
+        lines.append({"video_name": f"v{k}", "tokens": rle_encode(codes, max_run=VOCAB.max_run),
+                      "text": words[a], "meta": meta})
+    rc, printed, figures = _proxy_run(tmp_path, capsys, lines, "--steps", "150", "--unit", "word")
+    margins = figures["margins"]["held-out videos"]
+    assert rc == 0 and "PASS" in printed, printed
+    assert figures["pass"] is True and min(margins.values()) >= 0.1
+    wer = {c: r["scores"]["held-out videos"]["error_rate"] for c, r in figures["results"].items()}
+    assert wer["tokens"] + 0.1 <= min(wer["shuffled"], wer["wrong video"]), wer
+
+

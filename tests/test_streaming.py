@@ -210,16 +210,17 @@ def test_cleaner_measures_each_frame_as_the_offline_helpers(raw):
 
 
 def test_stream_rebuilds_the_offline_jsonl_entries(model_cfg, raw):
-    model, cfg = model_cfg
+    model, shared = model_cfg
     still = np.repeat(raw[:1], 60, axis=0)     # a still signer: long NC runs
     seq = np.concatenate([raw, still])
     for max_run in (None, 2):
-        cfg.export.max_run = max_run
+        # a copy: the module's config stays as loaded, whatever this test does
+        cfg = dataclasses.replace(shared, export=dataclasses.replace(shared.export, max_run=max_run))
         codes, outs = stream_codes(StreamingTokenizer(model, cfg), seq, [7] * 20)
         expected = rle_encode(codes_to_streams(codes), max_run=max_run)
         assert rebuild_entries(outs) == expected
         assert any(isinstance(v, list) and v and v[0] == "NC" for e in expected for v in e.values())
-    cfg.export.max_run = 32
+    assert shared.export.max_run == 32
 
 
 def test_online_rle_matches_rle_encode_on_random_codes():

@@ -44,7 +44,7 @@ def test_shape_dtype_and_size_row():
 
 def test_short_sequence_and_bad_length():
     assert synth_sequence(np.random.default_rng(0), 1)[0].shape == (1, NUM_ROWS, 3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="num_frames must be >= 1, got 0"):
         synth_sequence(np.random.default_rng(0), 0)
 
 
@@ -216,9 +216,9 @@ def test_prefix_stable_and_atomic(tmp_path):
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"split_fractions must be 3 numbers >= 0 summing to 1, got \(0.5, 0.5, 0.5\)"):
         write_synthetic_dataset(tmp_path, 3, split_fractions=(0.5, 0.5, 0.5))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="need 1 <= min_frames <= max_frames, got 50, 40"):
         write_synthetic_dataset(tmp_path, 3, min_frames=50, max_frames=40)
 
 

@@ -59,13 +59,45 @@ def test_resume_is_exact(synth_root, tmp_path, extra):
     shutil.copy(full / "ckpt_epoch2.pt", stopped / "ckpt_last.pt")  # what a run stopped after epoch 2 leaves
     cfg = tiny_config(synth_root, tmp_path / "b", "train.epochs=4", "train.token_samples_every=0", *extra)
     resumed = train(cfg, resume=str(stopped / "ckpt_last.pt"))
-    a, b = _weights(full / "ckpt_last.pt"), _weights(resumed / "ckpt_last.pt")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=1e-5), k
+    a, b = load_checkpoint(full / "ckpt_last.pt"), load_checkpoint(resumed / "ckpt_last.pt")
+    # Everything equal, bit for bit: weights and codebook buffers, optimizer moments, scheduler,
+    # every RNG's state, the step and the validation metrics (only the config's paths differ).
+    for key in ("model", "optimizer", "scaler", "scheduler", "rng", "epoch", "step", "best", "metrics"):
+        assert_equal_trees(a[key], b[key], key)
+    assert len(a["model"]) > 20 and a["optimizer"]["state"]
+    # the metrics lines of epochs 3 and 4, timings aside
+    assert [drop_timings(m) for m in epoch_lines(full)[2:]] == [drop_timings(m) for m in epoch_lines(resumed)]
     # ... and the resumed run really trained: its weights moved away from the epoch-2 state.
     mid = _weights(stopped / "ckpt_last.pt")
-    assert not torch.allclose(mid["decoder.heads.LH.weight"], b["decoder.heads.LH.weight"])
+    assert not torch.equal(mid["decoder.heads.LH.weight"], b["model"]["decoder.heads.LH.weight"])
+
+
+def assert_equal_trees(a, b, where: str) -> None:
+    """``a == b`` exactly: tensors by ``torch.equal`` (dtype and shape too), containers item by item."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_equal_trees(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_equal_trees(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+def epoch_lines(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def drop_timings(tree):
+    """A metrics line without its wall-clock figures (seconds, throughput, memory)."""
+    if isinstance(tree, dict):
+        return {k: drop_timings(v) for k, v in tree.items()
+                if not any(t in k for t in ("time", "seconds", "per_s", "_ms", "memory", "rss", "eta"))}
+    return tree
 
 
 def test_checkpoint_from_before_reference_poses_fsq_and_placed_parts_reads_as_before(tiny_checkpoint):
