@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify-overfit16": ("src.commands.verify.overfit16", "sanity check: overfit 16 sequences, exit 0 if recon <= 0.2x"),
     "verify-prefix-lm": ("src.commands.verify.prefix_lm", "downstream proxy: a small LM reads glosses off the tokens, vs 2 controls"),
     "eval-rvq": ("src.commands.eval.rvq", "evaluate a checkpoint: errors in px, oracles, smoothness, codebooks, speed"),
+    "eval-signs": ("src.commands.eval.signs", "recognition probe: the sign from the tokens on unseen signers, vs the pose"),
     "eval-rd": ("src.commands.eval.rd", "rate-distortion report of several checkpoints: table and plot of px vs tokens/s"),
     "export-tokens": ("src.commands.infer.export_tokens", "export sign tokens as JSONL with RLE and LLM templates"),
     "viz-recon": ("src.commands.viz.recon", "render original vs reconstructed skeleton (GIF/MP4/PNG)"),
