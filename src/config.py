@@ -53,6 +53,10 @@ class DataConfig:
     # centres (the face; "head" adds the body's head and shoulders). The mean is over the sequence,
     # or in the causal mode over every frame up to each chunk's last (docs/design.md).
     reference: str = "head"
+    # Several roots at once ({folder: weight}; {} = data.root alone): each root's own split file
+    # and annotations; training draws each sequence of a root ``weight`` times per epoch on
+    # average, validation reports every root as well as all together.
+    roots: dict[str, float] = field(default_factory=dict)
     num_workers: int = 4
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -287,6 +291,10 @@ def _unknown(key: str, name: str, options: list[str]) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'{hint}")
 
 
+# Mappings whose keys are the user's (folders), set whole; the others (keyed by stream) merge key by key.
+_OPEN_MAPPINGS = {"data.roots"}
+
+
 def _merge(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
     """Set fields of dataclass ``obj`` from a nested mapping, with checks and coercion."""
     if not isinstance(values, dict):
@@ -299,7 +307,7 @@ def _merge(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
         current = getattr(obj, name)
         if dataclasses.is_dataclass(current):
             _merge(current, value, key + ".")
-        elif isinstance(current, dict) and isinstance(value, dict):
+        elif isinstance(current, dict) and isinstance(value, dict) and key not in _OPEN_MAPPINGS:
             merged = dict(current)
             for k, v in value.items():
                 if k not in current:
@@ -426,6 +434,9 @@ _RANGES: dict[str, tuple[typing.Callable[[Config], bool], str]] = {
     "model.rvq.kmeans_iters": (lambda c: c.model.rvq.kmeans_iters >= 0, ">= 0"),
     "model.rvq.usage_temperature": (lambda c: c.model.rvq.usage_temperature > 0, "> 0"),
     "model.rvq.quantizer_dropout": (lambda c: 0 <= c.model.rvq.quantizer_dropout <= 1, "in [0, 1]"),
+    "data.roots": (lambda c: all(w > 0 for w in c.data.roots.values())
+                   and len({Path(r).name for r in c.data.roots}) == len(c.data.roots),
+                   "{folder: weight} with weights > 0 and folders of distinct names"),
     "loss.huber_delta": (lambda c: c.loss.huber_delta > 0, "> 0"),
     "loss.stream_weights": (lambda c: all(w >= 0 for w in c.loss.stream_weights.values()), "all >= 0"),
     "loss.nce_temperature": (lambda c: c.loss.nce_temperature > 0, "> 0"),

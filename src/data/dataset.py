@@ -1,6 +1,8 @@
 """The CSL-Daily pose dataset: raw arrays -> normalised, chunked samples -> padded batches."""
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 import os
 from collections.abc import Callable
@@ -18,7 +20,7 @@ from src.data.pose import (
     CleanPose, chunk, clean, denormalise, flat_values, frame_unit, normalise, rotate, stream_centres, subtract_references,
     unit_length, upright_angle,
 )
-from src.data.source import DataError, PoseSource, read_json, scan_split, split_names
+from src.data.source import DataError, PoseSource, SkipReport, read_json, scan_split, split_names
 from src.data.transforms import keypoint_dropout, mirror, part_dropout, random_crop, time_warp
 
 log = logging.getLogger(__name__)
@@ -193,6 +195,92 @@ class PoseDataset(Dataset):
         except (DataError, ValueError) as e:
             raise DataError(f"{name}: {e}") from None
         return {"name": name, **sample}
+
+
+class RootsDataset(Dataset):
+    """One split of several roots (``data.roots``: {folder: weight}), read as one dataset.
+
+    Names are ``<root folder name>/<name>``, interleaved root by root (the first N names, as the
+    statistics read, cover every root). For training, an epoch draws each sequence of a root
+    ``weight`` times on average: the whole part ``floor(weight)`` times, and a seeded share of
+    it for the fraction, drawn anew each epoch.
+    """
+
+    def __init__(self, cfg: DataConfig, split: str, train: bool = False, seed: int = 0, progress: bool = False):
+        self.cfg, self.split, self.train, self.seed = cfg, split, train, seed
+        self.parts = {Path(root).name: (PoseDataset(dataclasses.replace(cfg, root=root, roots={}), split, train,
+                                                    seed, progress=progress), float(weight))
+                      for root, weight in cfg.roots.items()}
+        own = [[(tag, n) for n in part.names] for tag, (part, _) in self.parts.items()]
+        order = [pair for group in itertools.zip_longest(*own) for pair in group if pair is not None]
+        self.names = [f"{tag}/{name}" for tag, name in order]
+        self.lengths = {f"{tag}/{n}": part.lengths[n] for tag, (part, _) in self.parts.items() for n in part.names}
+        self.annotations = {f"{tag}/{n}": a for tag, (part, _) in self.parts.items() for n, a in part.annotations.items()}
+        self.source = _RootsSource({tag: part.source for tag, (part, _) in self.parts.items()})
+        self.report = SkipReport(kept=len(self.names))
+        for tag, (part, _) in self.parts.items():
+            for reason, count in part.report.reasons.items():
+                self.report.reasons[reason] += count
+                self.report.examples.setdefault(reason, []).extend(f"{tag}/{n}" for n in part.report.examples[reason])
+        position = {tag: {n: i for i, n in enumerate(part.names)} for tag, (part, _) in self.parts.items()}
+        self._where = [(tag, position[tag][name]) for tag, name in order]
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch's draws (training) and its augmentations."""
+        self.epoch = epoch
+        for part, _ in self.parts.values():
+            part.set_epoch(epoch)
+        if not self.train:
+            self.draws = self._where
+            return
+        rng, draws = np.random.default_rng([self.seed, epoch, 7]), []
+        for tag, (part, weight) in self.parts.items():
+            n, whole = len(part), int(weight)
+            extra = round((weight - whole) * n)
+            draws += [(tag, i) for _ in range(whole) for i in range(n)]
+            draws += [(tag, int(i)) for i in rng.permutation(n)[:extra]]
+        self.draws = draws
+
+    def __len__(self) -> int:
+        # fixed over epochs (a sampler reads it once): the fractions are rounded per root
+        return len(self.draws)
+
+    def __getitem__(self, index: int) -> dict:
+        tag, i = self.draws[index]
+        sample = self.parts[tag][0][i]
+        return {**sample, "name": f"{tag}/{sample['name']}"}
+
+
+class _RootsSource:
+    """``load``/``has`` of ``<root>/<name>`` names over each root's PoseSource."""
+
+    def __init__(self, sources: dict[str, PoseSource]):
+        self.sources = sources
+
+    def _split(self, name: str) -> tuple[PoseSource, str]:
+        tag, _, own = name.partition("/")
+        return self.sources[tag], own
+
+    def load(self, name: str) -> np.ndarray:
+        source, own = self._split(name)
+        return source.load(own)
+
+    def has(self, name: str) -> bool:
+        source, own = self._split(name)
+        return source.has(own)
+
+    @property
+    def pose_dir(self) -> Path:
+        return Path("<" + ", ".join(str(s.pose_dir) for s in self.sources.values()) + ">")
+
+
+def split_dataset(cfg: DataConfig, split: str, train: bool = False, seed: int = 0, progress: bool = False
+                  ) -> PoseDataset | RootsDataset:
+    """The split of ``data.roots`` when it names any, else of ``data.root``."""
+    if cfg.roots:
+        return RootsDataset(cfg, split, train, seed, progress)
+    return PoseDataset(cfg, split, train, seed, progress=progress)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from src.config import Config, ConfigError, config_differences, save_config, to_dict, validate
 from src.data import keypoints as kp
-from src.data.dataset import PoseDataset, collate, make_loader
+from src.data.dataset import collate, make_loader, split_dataset
 from src.data.stats import pose_statistics
 from src.losses import compute_losses
 from src.metrics.evaluate import autocast, evaluate
@@ -136,8 +136,8 @@ class Trainer:
         state = self._check_resume(resume, extend_epochs) if resume else None
         cfg = self.cfg
         # Data first: a root that is missing or unusable leaves no run folder behind.
-        self.train_set = PoseDataset(cfg.data, "train", train=True, seed=cfg.train.seed, progress=dist_info.is_main)
-        self.val_set = PoseDataset(cfg.data, "val", progress=dist_info.is_main)
+        self.train_set = split_dataset(cfg.data, "train", train=True, seed=cfg.train.seed, progress=dist_info.is_main)
+        self.val_set = split_dataset(cfg.data, "val", progress=dist_info.is_main)
         self.run_dir = self._run_dir(resume, state) if dist_info.is_main else None
         setup_logging(self.run_dir, dist_info.is_main)
         log.info("device %s (%d intra-op CPU threads), world size %d, run folder %s", self.device, threads,
@@ -152,6 +152,9 @@ class Trainer:
                            num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda")
         self.train_loader = make_loader(self.train_set, self.batch_size, train=True, **loader_args)
         self.val_loader = make_loader(self.val_set, self.batch_size, train=False, **loader_args)
+        # with several roots each is also validated on its own (reported under val_roots)
+        self.root_val_loaders = {tag: make_loader(part, self.batch_size, train=False, **loader_args)
+                                 for tag, (part, _) in getattr(self.val_set, "parts", {}).items()}
         self.total_steps = cfg.train.epochs * len(self.train_loader)
 
         self.optimizer = build_optimizer(self.model, cfg.train)
@@ -390,6 +393,18 @@ class Trainer:
                 self.writer.add_scalar(f"val/loss/{k}", v, self.step)
             for k, v in result["mpjpe_px"].items():
                 self.writer.add_scalar(f"val/mpjpe_px/{k}", v, self.step)
+        for tag, loader in self.root_val_loaders.items():
+            part, _ = evaluate(self.model, loader, self.cfg, self.device, full=True)   # full: with the oracles
+            part.reduce()
+            figures = part.result()
+            mpjpe, oracle = figures["mpjpe_px"], figures["oracle_chunk_mean_px"]
+            out.setdefault("val_roots", {})[tag] = {"mpjpe_px": mpjpe, "oracle_chunk_mean_px": oracle}
+            if self.dist.is_main:
+                log.info("val %s: mpjpe px %s (chunk-mean oracle %s)", tag,
+                         " ".join(f"{k} {v:.2f}" for k, v in mpjpe.items()),
+                         " ".join(f"{v:.2f}" for v in oracle.values()))
+                for k, v in mpjpe.items():
+                    self.writer.add_scalar(f"val_roots/{tag}/mpjpe_px/{k}", v, self.step)
         # Health comes free with the validation codes, so it is watched from the first epoch.
         out["codebook"] = ev.codebook_health(self.model)
         if self.dist.is_main:
