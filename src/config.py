@@ -57,6 +57,9 @@ class DataConfig:
     # and annotations; training draws each sequence of a root ``weight`` times per epoch on
     # average, validation reports every root as well as all together.
     roots: dict[str, float] = field(default_factory=dict)
+    # share of each root's training split used (a seeded draw, the same every run; a smaller
+    # share is a subset of a larger one): learning curves against the amount of data; 1 = all
+    train_fraction: float = 1.0
     num_workers: int = 4
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -172,6 +175,9 @@ class TrainConfig:
     ckpt_every: int = 5              # epochs
     codebook_every: int = 5          # epochs between codebook usage histograms (health: every validation)
     token_samples_every: int = 1     # epochs; 0 = off
+    # epochs between evaluations of the training split itself (no augmentation, as val): the
+    # fitting curve beside the validation curve (train_fit in metrics.jsonl); 0 = off
+    fit_every: int = 0
     num_token_samples: int = 5
 
 
@@ -437,6 +443,8 @@ _RANGES: dict[str, tuple[typing.Callable[[Config], bool], str]] = {
     "data.roots": (lambda c: all(w > 0 for w in c.data.roots.values())
                    and len({Path(r).name for r in c.data.roots}) == len(c.data.roots),
                    "{folder: weight} with weights > 0 and folders of distinct names"),
+    "data.train_fraction": (lambda c: 0 < c.data.train_fraction <= 1, "in (0, 1]"),
+    "train.fit_every": (lambda c: c.train.fit_every >= 0, ">= 0"),
     "loss.huber_delta": (lambda c: c.loss.huber_delta > 0, "> 0"),
     "loss.stream_weights": (lambda c: all(w >= 0 for w in c.loss.stream_weights.values()), "all >= 0"),
     "loss.nce_temperature": (lambda c: c.loss.nce_temperature > 0, "> 0"),

@@ -70,3 +70,24 @@ def test_training_on_two_roots_validates_each(two_roots, tmp_path):
     for figures in line["val_roots"].values():
         assert set(figures["mpjpe_px"]) == set(figures["oracle_chunk_mean_px"]) == {"F", "LH", "RH", "B", "FB"}
         assert all(v > 0 for v in figures["mpjpe_px"].values())
+
+
+def test_fit_curve_and_training_fraction(synth_root, tmp_path):
+    """train.fit_every logs the training split's MPJPE beside its oracle; data.train_fraction
+    trains on a seeded, nested share of the split."""
+    from src.train.loop import Trainer, train
+    from src.train import distributed
+
+    half = tiny_config(synth_root, tmp_path, "data.train_fraction=0.5", "train.epochs=2", "train.fit_every=1",
+                       "train.token_samples_every=0")
+    quarter = tiny_config(synth_root, tmp_path, "data.train_fraction=0.25")
+    full = PoseDataset(tiny_config(synth_root, tmp_path).data, "train")
+    names = {f: PoseDataset(c.data, "train").names for f, c in (("half", half), ("quarter", quarter))}
+    assert len(names["half"]) == round(0.5 * len(full)) and set(names["quarter"]) <= set(names["half"])
+    assert Trainer(half, distributed.setup("cpu")).train_set.names == names["half"]
+    lines = [json.loads(x) for x in (train(half) / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        fit = line["train_fit"]
+        assert fit["num_sequences"] == len(names["half"])
+        assert set(fit["mpjpe_px"]) == set(fit["oracle_chunk_mean_px"]) == {"F", "LH", "RH", "B", "FB"}
+    assert sum(lines[1]["train_fit"]["mpjpe_px"].values()) < sum(lines[0]["train_fit"]["mpjpe_px"].values())

@@ -163,6 +163,9 @@ class PoseDataset(Dataset):
         self.source = PoseSource(root, cfg.pose_dir, cfg.pack_dir)
         annotations = read_json(root / cfg.annotation_file, "annotation file")
         listed = names if names is not None else split_names(root, cfg.split_file, split)
+        if split == "train" and names is None and cfg.train_fraction < 1:
+            keep = np.random.default_rng(0).permutation(len(listed))[:max(1, round(cfg.train_fraction * len(listed)))]
+            listed = [listed[i] for i in sorted(keep)]
         scanned = self.source if raw_transform is None else _TransformedSource(self.source, raw_transform)
         self.lengths, self.report = scan_split(scanned, annotations, listed, cfg.conf_thresh,
                                                cfg.min_frames, cfg.min_valid_frac, progress)

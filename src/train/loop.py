@@ -152,6 +152,9 @@ class Trainer:
                            num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda")
         self.train_loader = make_loader(self.train_set, self.batch_size, train=True, **loader_args)
         self.val_loader = make_loader(self.val_set, self.batch_size, train=False, **loader_args)
+        # the training split as validation sees it (no augmentation): the fitting curve
+        self.fit_loader = make_loader(split_dataset(cfg.data, "train"), self.batch_size, train=False,
+                                      **loader_args) if cfg.train.fit_every else None
         # with several roots each is also validated on its own (reported under val_roots)
         self.root_val_loaders = {tag: make_loader(part, self.batch_size, train=False, **loader_args)
                                  for tag, (part, _) in getattr(self.val_set, "parts", {}).items()}
@@ -301,6 +304,8 @@ class Trainer:
                         terms = {k: v for k, v in record["val"]["loss"].items() if "/" not in k}
                         raise NonFiniteLoss(f"non-finite validation loss at epoch {self.epoch + 1} ({terms}); "
                                             f"stopping. {self._last_good()}")
+                if self.fit_loader is not None and ((self.epoch + 1) % cfg.fit_every == 0 or last):
+                    record["train_fit"] = self.fit_figures()
                 if cfg.token_samples_every and ((self.epoch + 1) % cfg.token_samples_every == 0 or last):
                     self.write_token_samples()
                 record["ranks_agree"] = distributed.ranks_agree(self.model)
@@ -409,6 +414,22 @@ class Trainer:
         out["codebook"] = ev.codebook_health(self.model)
         if self.dist.is_main:
             self._log_codebook(out["codebook"], ev.counts, histograms=codebook)
+        return out
+
+    def fit_figures(self) -> dict[str, Any]:
+        """MPJPE and the chunk-mean oracle on the training split, unaugmented: how well the model
+        fits the chunks it trains on, beside how well it does on new ones."""
+        ev, _ = evaluate(self.model, self.fit_loader, self.cfg, self.device, full=True)
+        ev.reduce()
+        figures = ev.result()
+        out = {"mpjpe_px": figures["mpjpe_px"], "oracle_chunk_mean_px": figures["oracle_chunk_mean_px"],
+               "num_sequences": figures["num_sequences"]}
+        if self.dist.is_main:
+            log.info("train fit epoch %d: mpjpe px %s (chunk-mean oracle %s)", self.epoch + 1,
+                     " ".join(f"{k} {v:.2f}" for k, v in out["mpjpe_px"].items()),
+                     " ".join(f"{v:.2f}" for v in out["oracle_chunk_mean_px"].values()))
+            for k, v in out["mpjpe_px"].items():
+                self.writer.add_scalar(f"train_fit/mpjpe_px/{k}", v, self.step)
         return out
 
     def _log_codebook(self, health: dict, counts: np.ndarray, histograms: bool) -> None:
