@@ -178,6 +178,7 @@ class TrainConfig:
     # epochs between evaluations of the training split itself (no augmentation, as val): the
     # fitting curve beside the validation curve (train_fit in metrics.jsonl); 0 = off
     fit_every: int = 0
+    keep_last: int = 0               # periodic ckpt_epoch<N>.pt kept, newest first (0 = all); last and best always
     num_token_samples: int = 5
 
 
@@ -445,6 +446,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Config], bool], str]] = {
                    "{folder: weight} with weights > 0 and folders of distinct names"),
     "data.train_fraction": (lambda c: 0 < c.data.train_fraction <= 1, "in (0, 1]"),
     "train.fit_every": (lambda c: c.train.fit_every >= 0, ">= 0"),
+    "train.keep_last": (lambda c: c.train.keep_last >= 0, ">= 0 (0 = keep every periodic checkpoint)"),
     "loss.huber_delta": (lambda c: c.loss.huber_delta > 0, "> 0"),
     "loss.stream_weights": (lambda c: all(w >= 0 for w in c.loss.stream_weights.values()), "all >= 0"),
     "loss.nce_temperature": (lambda c: c.loss.nce_temperature > 0, "> 0"),

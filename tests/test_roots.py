@@ -91,3 +91,4 @@ def test_fit_curve_and_training_fraction(synth_root, tmp_path):
         assert fit["num_sequences"] == len(names["half"])
         assert set(fit["mpjpe_px"]) == set(fit["oracle_chunk_mean_px"]) == {"F", "LH", "RH", "B", "FB"}
     assert sum(lines[1]["train_fit"]["mpjpe_px"].values()) < sum(lines[0]["train_fit"]["mpjpe_px"].values())
+

@@ -235,3 +235,15 @@ def test_tensorboard_names_and_progress_lines_without_a_bar(synth_root, tmp_path
     assert not {"val/usage", "train/usage"} & tags
     steps = [r.getMessage() for r in caplog.records if " step " in r.getMessage() and "/3)" in r.getMessage()]
     assert len(steps) == 3  # every step: the seconds are always up (20 sequences, batch 8)
+
+
+def test_keep_last_keeps_the_newest_periodic_checkpoints(synth_root, tmp_path):
+    """train.keep_last=2 with a checkpoint every epoch: epochs 3 and 4 stay, 1 and 2 go; last and
+    best are never removed (best here is whichever epoch validated best)."""
+    run = train(tiny_config(synth_root, tmp_path, "train.epochs=4", "train.ckpt_every=1", "train.keep_last=2",
+                            "train.token_samples_every=0"))
+    assert sorted(p.name for p in run.glob("ckpt_epoch*.pt")) == ["ckpt_epoch3.pt", "ckpt_epoch4.pt"]
+    assert (run / "ckpt_last.pt").is_file() and (run / "ckpt_best.pt").is_file()
+    every = train(tiny_config(synth_root, tmp_path / "all", "train.epochs=3", "train.ckpt_every=1",
+                              "train.token_samples_every=0"))
+    assert len(list(every.glob("ckpt_epoch*.pt"))) == 3   # 0: all kept

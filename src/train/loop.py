@@ -496,7 +496,15 @@ class Trainer:
             save_checkpoint(self.run_dir / "ckpt_best.pt", state, crc)
         if self.epoch % self.cfg.train.ckpt_every == 0:
             save_checkpoint(self.run_dir / f"ckpt_epoch{self.epoch}.pt", state, crc)
+            self.drop_old_checkpoints()
         self.writer.flush()
+
+    def drop_old_checkpoints(self) -> None:
+        """Keep the newest ``train.keep_last`` periodic checkpoints (0: all); last and best stay."""
+        keep = self.cfg.train.keep_last
+        periodic = sorted(self.run_dir.glob("ckpt_epoch*.pt"), key=lambda p: int(p.stem[len("ckpt_epoch"):]))
+        for path in periodic[:-keep] if keep else []:
+            path.unlink(missing_ok=True)
 
 
 def train(cfg: Config, resume: str | None = None, require_distributed: bool = False,
