@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        close = difflib.get_close_matches(name, COMMANDS, n=3, cutoff=0.4)
+        close = difflib.get_close_matches(name, COMMANDS, n=3, cutoff=0.6)   # close matches only
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         print(f"run.py: unknown command '{name}'.{hint} See python run.py --help.", file=sys.stderr)
         return 2

@@ -520,3 +520,26 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path):
     with pytest.raises(DataError, match="data root not found"):
         train(tiny_config(tmp_path / "missing", tmp_path / "runs"))
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["stream", "data-import", "export-tokens"])
+def test_a_missing_input_names_its_path(command, tiny_checkpoint, tmp_path, capsys):
+    import run as dispatcher
+
+    missing = tmp_path / "nothere.pose"
+    args = {"stream": ["--checkpoint", str(tiny_checkpoint), "--input", str(missing)],
+            "data-import": ["--pose", str(missing), "--out", str(tmp_path / "root")],
+            "export-tokens": ["--checkpoint", str(tiny_checkpoint), "--input", str(missing),
+                              "--out", str(tmp_path / "t.jsonl")]}[command]
+    assert dispatcher.main([command, *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and str(missing) in err[-1] and "fix: check the path" in err[-1], err
+
+
+def test_an_unknown_command_suggests_only_close_matches(capsys):
+    import run as dispatcher
+
+    assert dispatcher.main(["nosuchcmd"]) == 2
+    assert "Did you mean" not in capsys.readouterr().err
+    assert dispatcher.main(["trian-rvq"]) == 2
+    assert "Did you mean: train-rvq" in capsys.readouterr().err

@@ -249,7 +249,7 @@ def load_frames(path: str | Path) -> np.ndarray:
     """A pose sequence from ``.npy`` (the layout) or ``.pose`` (converted by :func:`load_pose_file`)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"input not found: {path}")
+        raise DataError(f"input not found: {path} (fix: check the path; .npy and .pose files are read)")
     if path.suffix == ".pose":
         return load_pose_file(path)
     if path.suffix == ".npy":
@@ -294,7 +294,7 @@ def pose_inputs(paths: list[str | Path]) -> list[Path]:
         elif p.is_file():
             files.append(p)
         else:
-            raise FileNotFoundError(f"no such file or folder: {p}")
+            raise DataError(f"no such file or folder: {p} (fix: check the path)")
     return files
 
 
