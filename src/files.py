@@ -8,6 +8,7 @@ between machines: a process id says whether a writer is alive only on its own ho
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -90,3 +91,33 @@ def _running(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process
     return True
+
+
+# errno -> the fix to suggest for a path that cannot be read or written
+_OS_FIXES = {
+    errno.EACCES: "choose a location you may write to, or change its permissions",
+    errno.EPERM: "choose a location you may write to, or change its permissions",
+    errno.EROFS: "the file system is read-only; choose another location",
+    errno.EISDIR: "the path is a folder; name a file instead",
+    errno.ENOTDIR: "a parent of the path is a file, not a folder; choose another path",
+    errno.EEXIST: "a file is in the way of a folder; choose another path",
+    errno.ENOSPC: "the disk is full; free space or choose another disk",
+    errno.EDQUOT: "the disk quota is used up; free space or choose another disk",
+    errno.ENOENT: "check the path",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an OSError: the path, what went wrong, and the fix.
+
+    An atomic write fails on its temp file (:func:`temp_path`) or on the rename to
+    the target; the line names the target either way.
+    """
+    path = e.filename2 or e.filename
+    if path is not None:
+        target = temp_target(Path(str(path)).name)
+        path = Path(str(path)).with_name(target) if target else path
+    where = f"{path}: " if path is not None else ""
+    what = e.strerror or e.__class__.__name__
+    fix = _OS_FIXES.get(e.errno)
+    return f"{where}{what}" + (f" (fix: {fix})" if fix else "")

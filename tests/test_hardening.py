@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from src.cli import describe_os_error
+from src.files import describe_os_error
 from src.config import ConfigError, load_config
 from src.data import keypoints as kp
 from src.data.check import check_root

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from src.config import Config, ConfigError, save_config
-from src.files import write_json, write_text
+from src.files import describe_os_error, write_json, write_text
 
 log = logging.getLogger("signstream")
 PACKAGES = ("torch", "numpy", "pyyaml", "tensorboard", "matplotlib", "imageio", "tqdm")
@@ -68,8 +68,6 @@ def create_run_dir(cfg: Config) -> Path:
 
 
 def _no_run_folder(cfg: Config, e: OSError) -> ConfigError:
-    from src.cli import describe_os_error
-
     return ConfigError(f"save_path={cfg.save_path}: cannot create the run folder there "
                        f"({describe_os_error(e)}; or set save_path=<a writable folder>)")
 
