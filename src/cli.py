@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 import warnings
 from collections.abc import Callable
 
@@ -43,6 +44,29 @@ def add_threads_arg(p: argparse.ArgumentParser, from_config: bool = True) -> Non
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="intra-op CPU threads (0 = torch's default, one per core; 1 is often faster "
                         f"when other processes share the CPUs); default: {default}")
+
+
+# The tokenizer that ships with the project (docs/model_card.md): what commands use without --checkpoint.
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "pretrained" / "signstream_real.pt"
+
+
+def add_checkpoint_arg(p: argparse.ArgumentParser, what: str = "checkpoint of train-rvq") -> None:
+    """``--checkpoint``, optional: the shipped model when left out."""
+    p.add_argument("--checkpoint", help=f"{what}; default: the shipped model "
+                                        "(checkpoints/pretrained/signstream_real.pt, docs/model_card.md)")
+
+
+def checkpoint_path(args: argparse.Namespace) -> str:
+    """``--checkpoint``, or the shipped model with one line saying so (an error if it is missing)."""
+    if args.checkpoint:
+        return args.checkpoint
+    if not SHIPPED_CHECKPOINT.is_file():
+        raise ConfigError(f"no --checkpoint given and the shipped model is missing ({SHIPPED_CHECKPOINT}); "
+                          "pass --checkpoint <run>/ckpt_best.pt")
+    print(f"using the shipped model {SHIPPED_CHECKPOINT} (no --checkpoint given; docs/model_card.md)",
+          file=sys.stderr)
+    args.checkpoint = str(SHIPPED_CHECKPOINT)
+    return args.checkpoint
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -99,6 +99,32 @@ def written_before_checksums(state: dict[str, Any]) -> bool:
     return isinstance(rvq, dict) and "fsq_streams" not in rvq
 
 
+# The training-only EMA accumulators an inference checkpoint leaves out (rebuilt on load).
+_EMA_SUM = ".embed_sum"
+
+
+def inference_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint for tokenizing only: weights, codebooks and config, without the optimizer, RNG
+    and the codebooks' EMA sums (rebuilt from the codebooks on load; resuming is not possible)."""
+    model = {k: v for k, v in state["model"].items() if not k.endswith(_EMA_SUM)}
+    return {"model": model, "config": state["config"], "epoch": state.get("epoch"), "step": state.get("step"),
+            "metrics": state.get("metrics", {}), "inference_only": True}
+
+
+def _with_ema_sums(state_dict: dict[str, torch.Tensor], eps: float) -> dict[str, torch.Tensor]:
+    """An inference checkpoint's codebooks with their EMA sums put back (codeword x smoothed count)."""
+    out = dict(state_dict)
+    for key in [k for k in state_dict if k.endswith(".embed") and k[:-len(".embed")] + _EMA_SUM not in state_dict]:
+        prefix = key[:-len(".embed")]
+        sizes = state_dict.get(prefix + ".cluster_size")
+        if sizes is None:
+            continue
+        total = sizes.sum(-1, keepdim=True)
+        smoothed = (sizes + eps) / (total + sizes.shape[-1] * eps) * total
+        out[prefix + _EMA_SUM] = state_dict[key] * smoothed[..., None]
+    return out
+
+
 def config_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint") -> Config:
     """Rebuild the config the checkpoint was trained with.
 
@@ -119,7 +145,10 @@ def config_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint
 
 
 def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], path: str | Path) -> None:
-    """``load_state_dict`` with an error listing missing, unexpected and mis-shaped entries."""
+    """``load_state_dict`` with an error listing missing, unexpected and mis-shaped entries
+    (an inference checkpoint's EMA sums are rebuilt first)."""
+    rvq = getattr(getattr(model, "cfg", None), "rvq", None)
+    state_dict = _with_ema_sums(state_dict, rvq.laplace_eps if rvq is not None else 1e-5)
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))

@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from src.cli import add_threads_arg, apply_threads, parser, run
+from src.cli import add_checkpoint_arg, add_threads_arg, apply_threads, checkpoint_path, parser, run
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("eval-rvq", __doc__.split(":", 1)[1].strip())
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by train-rvq")
+    add_checkpoint_arg(p)
     p.add_argument("--root", help="data root (default: the one the checkpoint was trained on)")
     p.add_argument("--split", default="val", help="split to evaluate")
     p.add_argument("--out", help="write the report as JSON here (with --shifts also <out>.shifts.md)")
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--shifts: {e}")
 
     def body() -> int:
+        checkpoint_path(args)
         apply_threads(args.threads)
         from pathlib import Path
 

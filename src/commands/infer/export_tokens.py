@@ -6,7 +6,7 @@ import dataclasses
 import sys
 import tempfile
 
-from src.cli import add_threads_arg, apply_threads, parser, run
+from src.cli import add_checkpoint_arg, add_threads_arg, apply_threads, checkpoint_path, parser, run
 
 EPILOG = """The model and its data processing come from the checkpoint. --config and key=value
 overrides may change only export.* (enable_rle, rle_threshold, max_run, max_chunks,
@@ -18,7 +18,7 @@ other overrides are an error. Whole sequences are exported (data.max_frames is i
 def main(argv: list[str] | None = None) -> int:
     p = parser("export-tokens", __doc__.split(":", 1)[1].strip())
     p.epilog = EPILOG
-    p.add_argument("--checkpoint", required=True, help="checkpoint of train-rvq (ckpt_best.pt / ckpt_last.pt)")
+    add_checkpoint_arg(p)
     p.add_argument("--config", default=None, help="YAML whose export.* and data location keys are used")
     p.add_argument("--root", default=None, help="data root in the CSL-Daily layout (replaces data.root)")
     p.add_argument("--split", default="val", help="split of the split file to export")
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--num-samples must be >= 0 and --batch-size >= 1")
 
     def body() -> int:
+        checkpoint_path(args)
         apply_threads(args.threads)
         from src.config import ConfigError
         from src.inference import load_tokenizer

@@ -3,9 +3,10 @@ chunk's tokens as they come and the latency from a chunk's last frame to its tok
 from __future__ import annotations
 
 import json
+import sys
 import time
 
-from src.cli import parser, run
+from src.cli import add_checkpoint_arg, checkpoint_path, parser, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     p.epilog = ("Lossless NC runs, decided online: a stream that repeats its codes is left out of the chunk's "
                 "line, and the run's ['NC', k] is printed (closed: stream -> [first chunk, k]) when it ends. "
                 "--out writes the same JSONL record as export-tokens. See docs/streaming.md.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint of train-rvq")
+    add_checkpoint_arg(p)
     p.add_argument("--input", required=True, help=".npy in the dataset layout, or a .pose file (pip install pose-format)")
     p.add_argument("--realtime", action="store_true", help="feed frames at the data frame rate (else as fast as possible)")
     p.add_argument("--out", default=None, help="also write the token record (JSONL, one line) here")
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> int:
+        checkpoint_path(args)
         import numpy as np
         import torch
 
@@ -40,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"compiled the step in {time.perf_counter() - start:.1f} s" if tok.compiled
                   else "not compiled: streaming eagerly")
         cfg = tok.cfg
+        if not cfg.data.causal:
+            print("warning: this checkpoint was trained without causal preprocessing (data.causal=false): the "
+                  "streamed tokens differ from its export-tokens output; train with data.causal=true for equal "
+                  "tokens", file=sys.stderr)
         if cfg.export.rle_threshold > 0 or cfg.export.adaptive_depth:
             print("note: the stream codes every level with lossless RLE (export.rle_threshold and "
                   "export.adaptive_depth apply to export-tokens only)")

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from src.cli import parser, run
+from src.cli import checkpoint_path, parser, run
 
 EPILOG = """With --checkpoint, a fresh synthetic signer set (other seeds than the demo's) is
 tokenized and the target is each video's gloss sequence; the videos of --holdout-signers are
@@ -20,8 +20,9 @@ tokens beat both controls by --min-margin on the held-out videos, 1 otherwise.""
 def main(argv: list[str] | None = None) -> int:
     p = parser("verify-prefix-lm", __doc__.split(":", 1)[1].strip())
     p.epilog = EPILOG
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="tokenizer checkpoint: proxy on the synthetic signer's glosses")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="tokenizer checkpoint: proxy on the synthetic signer's glosses "
+                                          "(default without --tokens: the shipped model, docs/model_card.md)")
     src.add_argument("--tokens", nargs="+", metavar="JSONL", help="exported token records with a text field")
     p.add_argument("--val-tokens", nargs="+", metavar="JSONL", help="held-out records for --tokens")
     p.add_argument("--val-frac", type=float, default=0.2, help="videos held out when no --val-tokens")
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("need 0 < --val-frac < 1, --steps >= 1, --num >= 10 and --max-codes >= 0")
 
     def body() -> int:
+        if not args.tokens:
+            checkpoint_path(args)
         from src.config import ConfigError
         from src.metrics import prefix_lm as pl
         from src.tokens.llm import require_hf

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from src.cli import add_threads_arg, apply_threads, parser, run
+from src.cli import add_checkpoint_arg, add_threads_arg, apply_threads, checkpoint_path, parser, run
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("viz-recon", __doc__.split(":", 1)[1].strip())
-    p.add_argument("--checkpoint", required=True, help="checkpoint of train-rvq")
+    add_checkpoint_arg(p)
     p.add_argument("--name", default=None, help="video name (searched in every split); default: first of --split")
     p.add_argument("--root", default=None, help="data root in the CSL-Daily layout (replaces data.root)")
     p.add_argument("--split", default="val", help="split searched first, and the one --name defaults from")
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--max-frames must be >= 1")
 
     def body() -> int:
+        checkpoint_path(args)
         apply_threads(args.threads)
         from src.inference import load_tokenizer
         from src.viz.recon import reconstruct, render_recon
