@@ -77,6 +77,9 @@ class RVQConfig:
     kmeans_iters: int = 10
     usage_temperature: float = 0.1   # soft assignment temperature, in units of each row's distance std
     quantizer_dropout: float = 0.0   # probability that a sample trains with a random number of levels
+    # epochs between refits of the EMA codebooks to the training split's latents by residual k-means
+    # (scripts/fit_diagnosis.py: the EMA codebooks trail the latents); 0 = off
+    refit_every: int = 0
     # Streams quantised by finite scalar quantisation (src/models/quantizer.py ResidualFSQ) in
     # place of EMA codebooks, on the grid ``fsq_levels`` (values per number; its product must be
     # codebook_size). [] = fours (and a two): 1024 -> [4, 4, 4, 4, 4], 256 -> [4, 4, 4, 4].
@@ -441,6 +444,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Config], bool], str]] = {
     "model.rvq.kmeans_iters": (lambda c: c.model.rvq.kmeans_iters >= 0, ">= 0"),
     "model.rvq.usage_temperature": (lambda c: c.model.rvq.usage_temperature > 0, "> 0"),
     "model.rvq.quantizer_dropout": (lambda c: 0 <= c.model.rvq.quantizer_dropout <= 1, "in [0, 1]"),
+    "model.rvq.refit_every": (lambda c: c.model.rvq.refit_every >= 0, ">= 0"),
     "data.roots": (lambda c: all(w > 0 for w in c.data.roots.values())
                    and len({Path(r).name for r in c.data.roots}) == len(c.data.roots),
                    "{folder: weight} with weights > 0 and folders of distinct names"),

@@ -81,7 +81,9 @@ def _train_worker(rank: int, tmp: str, root: str) -> None:
     from src.train import distributed
     from src.train.loop import Trainer
 
-    cfg = tiny_config(Path(root), Path(tmp) / "runs", "train.epochs=2", "train.token_samples_every=0")
+    # refit_every=1: the k-means refit of the codebooks must leave the ranks identical too
+    cfg = tiny_config(Path(root), Path(tmp) / "runs", "train.epochs=2", "train.token_samples_every=0",
+                      "model.rvq.refit_every=1")
     info = distributed.setup("cpu")
     try:
         trainer = Trainer(cfg, info)

@@ -760,3 +760,23 @@ def test_fsq_and_ema_streams_side_by_side(fsq_streams):
     direct = (x - mixed.rvq.levels[0].embed[len(on_ema) - 1][out.codes[:, on_ema[-1], 0]]).norm(dim=-1) / x.norm(dim=-1)
     torch.testing.assert_close(left[:, on_ema[-1], 0], direct)
     assert left[..., 1].mean() < left[..., 0].mean()
+
+
+def test_refit_replaces_the_codebooks_by_residual_kmeans():
+    """After a refit the codebooks code the latents they were fitted to far closer than the EMA
+    codebooks did, each group keeps its level cap, and the EMA state matches the new codewords."""
+    torch.manual_seed(0)
+    rq = ResidualQuantizer(8, rvq_cfg(levels=2, codebook_size=16, init="random"), groups=2, group_levels=[2, 1]).eval()
+    z = torch.randn(2, 400, 8) * torch.linspace(0.2, 3, 8)
+    before = (rq(z).quantized - z).square().mean((1, 2))
+    fixed_level1_group1 = rq.levels[1].embed[1].clone()
+    rq.refit(z, iters=10)
+    out = rq(z)
+    after = (out.quantized - z).square().mean((1, 2))
+    assert (after < 0.5 * before).all(), (before, after)
+    assert torch.equal(rq.levels[1].embed[1], fixed_level1_group1)   # group 1 codes one level only
+    assert (out.codes[1, :, 1] == -1).all()
+    for level in rq.levels:
+        torch.testing.assert_close(level.embed_sum, level.embed * level.cluster_size[..., None])
+        assert bool(level.initted) and int(level.unused_steps.sum()) == 0
+    assert torch.equal(rq.levels[0].cluster_size.sum(-1), torch.tensor([400.0, 400.0]))

@@ -494,6 +494,28 @@ class ResidualQuantizer(nn.Module):
         # in fp32 (Codebook.encode_shortlist); set on the bf16 streaming copy only, never trained with.
         self.shortlist = 0
 
+    @torch.no_grad()
+    def refit(self, z: torch.Tensor, iters: int) -> None:
+        """Replace every level's codebooks by residual k-means of the latents ``z`` (G, N, D) (the
+        EMA state set to match, as if each code had been picked by its cluster's rows). The EMA
+        codebooks trail latents that keep moving; fitted ones code the same bits far closer."""
+        residual = self.target(z).clone()
+        for i, level in enumerate(self.levels):
+            for g in range(z.shape[0]):
+                if self.caps[g] <= i:
+                    continue
+                rows = residual[g]
+                book = kmeans(rows, level.size, iters)
+                assign = sq_distances(rows, book).argmin(-1)
+                counts = torch.bincount(assign, minlength=level.size).to(book.dtype)
+                level.embed[g], level.cluster_size[g] = book, counts
+                level.embed_sum[g] = book * counts[:, None]
+                level.unused_steps[g] = 0
+                residual[g] = rows - book[assign]
+            level.initted.fill_(True)
+        for buffer in self.buffers():   # ranks drew their own k-means starts: all take rank 0's codebooks
+            _broadcast(buffer)
+
     def target(self, z: torch.Tensor) -> torch.Tensor:
         """(G, N, D) latents -> what the levels' codewords add up to approximate: the latents, or
         in cosine mode the latents on the unit sphere (the residual levels stay euclidean)."""
@@ -736,6 +758,12 @@ class MultiStreamRVQ(nn.Module):
         cb = self.rvq.levels[level]
         return {"embed": cb.embed[g], "cluster_size": cb.cluster_size[g], "unused_steps": cb.unused_steps[g],
                 "dead_after": cb.dead_after}
+
+    def refit(self, z: torch.Tensor, iters: int) -> None:
+        """The EMA codebooks refitted to the latents ``z`` (N, S, D) by residual k-means (FSQ has none)."""
+        if self.rvq is not None:
+            groups = dict(self._parts)["rvq"]
+            self.rvq.refit(self._groups(z)[groups], iters)
 
     def _groups(self, z: torch.Tensor) -> torch.Tensor:
         """(N, S, D) -> (S * splits, N, D / splits) fp32."""

@@ -155,6 +155,9 @@ class Trainer:
         # the training split as validation sees it (no augmentation): the fitting curve
         self.fit_loader = make_loader(split_dataset(cfg.data, "train"), self.batch_size, train=False,
                                       **loader_args) if cfg.train.fit_every else None
+        # the whole unaugmented training split on every rank: the latents the codebooks are refitted to
+        self.refit_loader = make_loader(split_dataset(cfg.data, "train"), self.batch_size, train=False,
+                                        num_workers=cfg.data.num_workers) if cfg.model.rvq.refit_every else None
         # with several roots each is also validated on its own (reported under val_roots)
         self.root_val_loaders = {tag: make_loader(part, self.batch_size, train=False, **loader_args)
                                  for tag, (part, _) in getattr(self.val_set, "parts", {}).items()}
@@ -298,6 +301,8 @@ class Trainer:
                 record = {"epoch": self.epoch + 1, "step": self.step, "lr": self.lr(self.step),
                           "train": train_figures}
                 last = self.epoch + 1 == cfg.epochs
+                if self.refit_loader is not None and (self.epoch + 1) % self.cfg.model.rvq.refit_every == 0:
+                    self.refit_codebooks()
                 if (self.epoch + 1) % cfg.val_every == 0 or last:
                     record.update(self.validate(codebook=(self.epoch + 1) % cfg.codebook_every == 0 or last))
                     if not math.isfinite(record["val"]["loss"]["recon"]):
@@ -415,6 +420,18 @@ class Trainer:
         if self.dist.is_main:
             self._log_codebook(out["codebook"], ev.counts, histograms=codebook)
         return out
+
+    @torch.no_grad()
+    def refit_codebooks(self) -> None:
+        """The EMA codebooks refitted to the latents of the whole training split (unaugmented)."""
+        self.model.eval()
+        latents = []
+        for batch in self.refit_loader:
+            batch = batch.to(self.device)
+            latents.append(self.model(batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask], batch.chunk_mask).z)
+        self.model.quantizer.refit(torch.cat(latents), self.cfg.model.rvq.kmeans_iters)
+        self.model.train()
+        log.info("epoch %d: codebooks refitted to %d training latents", self.epoch + 1, sum(len(z) for z in latents))
 
     def fit_figures(self) -> dict[str, Any]:
         """MPJPE and the chunk-mean oracle on the training split, unaugmented: how well the model
