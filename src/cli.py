@@ -63,9 +63,11 @@ def checkpoint_path(args: argparse.Namespace) -> str:
     if not SHIPPED_CHECKPOINT.is_file():
         raise ConfigError(f"no --checkpoint given and the shipped model is missing ({SHIPPED_CHECKPOINT}); "
                           "pass --checkpoint <run>/ckpt_best.pt")
-    print(f"using the shipped model {SHIPPED_CHECKPOINT} (no --checkpoint given; docs/model_card.md)",
-          file=sys.stderr)
-    args.checkpoint = str(SHIPPED_CHECKPOINT)
+    # relative to the working directory where it lies below it: outputs record no machine's folders
+    here = Path.cwd()
+    args.checkpoint = str(SHIPPED_CHECKPOINT.relative_to(here) if SHIPPED_CHECKPOINT.is_relative_to(here)
+                          else SHIPPED_CHECKPOINT)
+    print(f"using the shipped model {args.checkpoint} (no --checkpoint given; docs/model_card.md)", file=sys.stderr)
     return args.checkpoint
 
 

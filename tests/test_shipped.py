@@ -50,5 +50,52 @@ def test_commands_use_the_shipped_model_without_checkpoint(compact, synth_root, 
     assert "no --checkpoint given and the shipped model is missing" in capsys.readouterr().err
     monkeypatch.setattr(cli, "SHIPPED_CHECKPOINT", compact)
     assert export_main(["--root", str(synth_root), "--split", "val", "--out", str(tmp_path / "t.jsonl")]) == 0
-    assert f"using the shipped model {compact}" in capsys.readouterr().err
+    assert f"using the shipped model {compact} (no --checkpoint given" in capsys.readouterr().err
     assert (tmp_path / "t.jsonl").read_text().count("\n") >= 1
+
+
+def test_the_shipped_model_gives_its_recorded_codes():
+    """The committed model streams a fixed real sequence (other sources, never trained on) to the
+    codes recorded when it was shipped: a change that alters the shipped tokens fails here. The
+    closest call between a chosen code and the next was 3e-4 of the distance, far above the
+    last-bit differences of another CPU's kernels."""
+    import json
+    from pathlib import Path
+
+    from conftest import REAL_SAMPLE
+    from src.streaming import StreamingTokenizer
+
+    recorded = json.loads((Path(__file__).parent / "data" / "shipped_codes.json").read_text())
+    source = REAL_SAMPLE.parent / recorded["input"]
+    if not source.is_file():
+        pytest.skip(f"real pose not found at {source}; set SIGNSTREAM_REAL_SAMPLE=<shared data>/real_pose_sample")
+    assert cli.SHIPPED_CHECKPOINT.is_file(), f"the shipped model is missing: {cli.SHIPPED_CHECKPOINT}"
+    tok = StreamingTokenizer.from_checkpoint(cli.SHIPPED_CHECKPOINT)
+    assert tok.cfg.data.causal and tok.precision == "fp32"
+    outs = tok.push(np.load(source)) + tok.flush()
+    codes = np.stack([o.codes for o in outs if o.codes is not None])
+    np.testing.assert_array_equal(codes, np.array(recorded["codes"]))
+
+
+def test_the_example_export_parses_and_decodes():
+    """docs/examples: the shipped model's tokens of real_pose_dev (val) still validate, decode
+    with the current token codec, and the LLM line's prefix is the record's tokens."""
+    import json
+    from pathlib import Path
+
+    from src.tokens.llm import vocab_of
+    from src.tokens.records import read_jsonl, validate_record
+    from src.tokens.rle import rle_decode
+
+    folder = Path(__file__).resolve().parents[1] / "docs" / "examples"
+    records = read_jsonl(folder / "tokens.jsonl")
+    assert len(records) == 4
+    for rec in records:
+        meta = rec["meta"]
+        validate_record(rec, meta["num_levels"], meta["codebook_size"])
+        codes = rle_decode(rec["tokens"])
+        assert all(len(chunks) == meta["num_chunks"] for chunks in codes.values())
+    vocab = vocab_of(records, "docs/examples/tokens.jsonl")
+    assert json.loads((folder / "tokens.vocab.json").read_text()) == vocab.tokens()
+    lines = read_jsonl(folder / "tokens.llm.jsonl")
+    assert [line["video_name"] for line in lines] == [r["video_name"] for r in records if r.get("text")]

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import sys
 
-from src.cli import add_threads_arg, apply_threads, parser, run
+from src.cli import add_checkpoint_arg, add_threads_arg, apply_threads, checkpoint_path, parser, run
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser("eval-signs", __doc__.split(":", 1)[1].strip())
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by train-rvq")
+    add_checkpoint_arg(p)
     p.add_argument("--root", required=True, help="a labelled root (CSL-Daily layout), e.g. ../shared/data/crowd_signs")
     p.add_argument("--train-split", default="train", help="the split whose signers the classifier learns from")
     p.add_argument("--splits", nargs="+", default=["val", "test"], help="splits of other signers to score")
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> int:
+        checkpoint_path(args)
         apply_threads(args.threads)
         import numpy as np
 
