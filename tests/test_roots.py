@@ -92,3 +92,13 @@ def test_fit_curve_and_training_fraction(synth_root, tmp_path):
         assert set(fit["mpjpe_px"]) == set(fit["oracle_chunk_mean_px"]) == {"F", "LH", "RH", "B", "FB"}
     assert sum(lines[1]["train_fit"]["mpjpe_px"].values()) < sum(lines[0]["train_fit"]["mpjpe_px"].values())
 
+
+
+def test_a_sequence_drawn_twice_is_augmented_twice(two_roots, tmp_path):
+    alpha, beta = two_roots
+    cfg = tiny_config(alpha, tmp_path, f"data.roots={{{alpha}: 1.0, {beta}: 2.0}}").data
+    train = split_dataset(cfg, "train", train=True, seed=3)
+    first, second = [i for i, d in enumerate(train.draws) if d == ("beta", 0)]
+    a, b = train[first], train[second]
+    assert a["name"] == b["name"] == f"beta/{train.parts['beta'][0].names[0]}"
+    assert not np.array_equal(a["x"], b["x"])

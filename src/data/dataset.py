@@ -186,8 +186,12 @@ class PoseDataset(Dataset):
         return len(self.names)
 
     def __getitem__(self, index: int) -> dict:
+        return self.item(index)
+
+    def item(self, index: int, draw: int | None = None) -> dict:
+        """Sequence ``index``; its augmentations are drawn from (seed, epoch, ``draw``, default the index)."""
         name = self.names[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index]) if self.train else None
+        rng = np.random.default_rng([self.seed, self.epoch, index if draw is None else draw]) if self.train else None
         raw = self.source.load(name)
         try:
             if self.raw_transform is None:
@@ -218,7 +222,8 @@ class RootsDataset(Dataset):
         order = [pair for group in itertools.zip_longest(*own) for pair in group if pair is not None]
         self.names = [f"{tag}/{name}" for tag, name in order]
         self.lengths = {f"{tag}/{n}": part.lengths[n] for tag, (part, _) in self.parts.items() for n in part.names}
-        self.annotations = {f"{tag}/{n}": a for tag, (part, _) in self.parts.items() for n, a in part.annotations.items()}
+        self.annotations = {f"{tag}/{n}": a for tag, (part, _) in self.parts.items()
+                            for n, a in part.annotations.items()}
         self.source = _RootsSource({tag: part.source for tag, (part, _) in self.parts.items()})
         self.report = SkipReport(kept=len(self.names))
         for tag, (part, _) in self.parts.items():
@@ -251,31 +256,24 @@ class RootsDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         tag, i = self.draws[index]
-        sample = self.parts[tag][0][i]
+        sample = self.parts[tag][0].item(i, draw=index)   # a sequence drawn twice is augmented twice
         return {**sample, "name": f"{tag}/{sample['name']}"}
 
 
 class _RootsSource:
-    """``load``/``has`` of ``<root>/<name>`` names over each root's PoseSource."""
+    """``load`` of ``<root>/<name>`` names from each root's PoseSource (as the statistics read them)."""
 
     def __init__(self, sources: dict[str, PoseSource]):
         self.sources = sources
 
-    def _split(self, name: str) -> tuple[PoseSource, str]:
-        tag, _, own = name.partition("/")
-        return self.sources[tag], own
-
     def load(self, name: str) -> np.ndarray:
-        source, own = self._split(name)
-        return source.load(own)
-
-    def has(self, name: str) -> bool:
-        source, own = self._split(name)
-        return source.has(own)
+        tag, _, own = name.partition("/")
+        return self.sources[tag].load(own)
 
     @property
-    def pose_dir(self) -> Path:
-        return Path("<" + ", ".join(str(s.pose_dir) for s in self.sources.values()) + ">")
+    def pose_dir(self) -> str:
+        """The pose folders, for messages."""
+        return " or ".join(str(s.pose_dir) for s in self.sources.values())
 
 
 def split_dataset(cfg: DataConfig, split: str, train: bool = False, seed: int = 0, progress: bool = False
