@@ -122,3 +122,44 @@ def test_stream_and_export_accept_pose_input(pose_dir, tiny_checkpoint, tmp_path
     out = tmp_path / "tokens.jsonl"
     assert export(["--checkpoint", str(tiny_checkpoint), "--input", str(src), "--out", str(out)]) == 0
     assert "exported 1/1" in capsys.readouterr().out and out.is_file()
+
+
+def test_import_with_splits_and_texts_then_llm_lines(pose_dir, tiny_checkpoint, tmp_path, capsys):
+    """The issue's path: data-import --val-frac 0.25 --texts texts.csv, then export-tokens of the
+    train split --to-llm writes LLM lines with those texts; a signer's files stay in one split;
+    an import that converts nothing leaves no root behind."""
+    import csv
+    import json
+
+    from src.commands.data.import_pose import main as import_pose
+    from src.commands.infer.export_tokens import main as export
+
+    files = sorted(pose_dir.glob("*.pose"))
+    texts = tmp_path / "texts.csv"
+    with open(texts, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["name", "text", "gloss", "signer"])
+        for k, p in enumerate(files):   # the two sgbfss files: one signer
+            w.writerow([p.name, f"sentence {k}", f"GLOSS{k}", "sgb" if "sgbfss" in p.name else f"s{k}"])
+    root = tmp_path / "R"
+    assert import_pose(["--pose", str(pose_dir), "--out", str(root), "--val-frac", "0.25", "--texts", str(texts)]) == 0
+    printed = capsys.readouterr().out
+    assert "imported 4 of 4 files" in printed and "(train " in printed and ", val " in printed
+    assert "texts: 4 of 4 sequences have one" in printed
+    splits = json.loads((root / "split_files.json").read_text())
+    annotations = json.loads((root / "annotations.json").read_text())
+    sgb = [n for n in annotations if n.startswith("sgbfss")]
+    assert len({s for s, names in splits.items() for n in sgb if n in names}) == 1   # one signer, one split
+    val_signers = {annotations[n]["signer"] for n in splits["val"]}
+    assert len(val_signers) == 1 and not splits["test"]   # 0.25 of 3 signers: one signer in val
+    assert all(annotations[n]["text"].startswith("sentence ") for n in annotations)
+    out = tmp_path / "t.jsonl"
+    assert export(["--checkpoint", str(tiny_checkpoint), "--root", str(root), "--split", "train", "--num-samples", "0",
+                   "--to-llm", "--out", str(out)]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "t.llm.jsonl").read_text().splitlines()]
+    assert lines and {x["video_name"] for x in lines} == set(splits["train"])
+    assert all(x["text"] == annotations[x["video_name"]]["text"] for x in lines)
+    broken = tmp_path / "broken.pose"
+    broken.write_bytes(b"not a pose file")
+    assert import_pose(["--pose", str(broken), "--out", str(tmp_path / "never")]) == 1
+    assert "was not written" in capsys.readouterr().err and not (tmp_path / "never").exists()

@@ -303,42 +303,93 @@ def sequence_name(path: Path) -> str:
     return path.name[:-len(".pose")].replace(".", "_") if path.name.endswith(".pose") else path.stem
 
 
-def import_pose_files(files: list[Path], root: str | Path, split: str = "train"
-                      ) -> tuple[list[str], list[tuple[str, str]]]:
+def read_texts(path: str | Path) -> dict[str, dict]:
+    """Text, gloss and signer per sequence from a CSV (header ``name,text,gloss,signer``; ``name`` is
+    the sequence name or the ``.pose`` file name) or a JSON object ``{name: {text, gloss, signer}}``."""
+    import csv
+
+    from src.data.source import read_json
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"texts file not found: {path} (fix: check the path)")
+    if path.suffix.lower() == ".json":
+        table = read_json(path, "texts file")
+        if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+            raise DataError(f'{path}: expected {{"<name>": {{"text": ..., "gloss": ..., "signer": ...}}}}')
+    else:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if rows and "name" not in rows[0]:
+            raise DataError(f"{path}: the CSV needs a header with a 'name' column (name,text,gloss,signer)")
+        table = {row["name"]: row for row in rows}
+    return {sequence_name(Path(k)) if k.endswith(".pose") else k: {f: v.get(f) for f in ("text", "gloss", "signer")
+                                                                    if v.get(f) not in (None, "")}
+            for k, v in table.items()}
+
+
+def assign_splits(names: list[str], signers: dict[str, str], val_frac: float, test_frac: float,
+                  seed: int = 0) -> dict[str, str]:
+    """Seeded val/test/train per name, by signer where known (a signer's sequences stay together;
+    a name without one is a group of its own); train keeps at least one group."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(str(signers.get(name, f"name:{name}")), []).append(name)
+    order = [groups[k] for k in np.random.default_rng(seed).permutation(sorted(groups))]
+    n_val = min(round(val_frac * len(order)), max(len(order) - 1, 0))
+    n_test = min(round(test_frac * len(order)), max(len(order) - 1 - n_val, 0))
+    split_of = {}
+    for k, group in enumerate(order):
+        split = "val" if k < n_val else "test" if k < n_val + n_test else "train"
+        split_of.update({name: split for name in group})
+    return split_of
+
+
+def import_pose_files(files: list[Path], root: str | Path, split: str = "train", texts: dict[str, dict] | None = None,
+                      val_frac: float = 0.0, test_frac: float = 0.0, seed: int = 0
+                      ) -> tuple[list[str], list[tuple[str, str]], dict[str, str]]:
     """Convert ``.pose`` files into a CSL-Daily-layout root (npy, annotations.json, split_files.json,
-    provenance.json), adding to what the root already lists; returns the names written and the
-    (file, reason) of the files skipped."""
+    provenance.json), adding to what the root already lists; returns the names written, the
+    (file, reason) of the files skipped and the split of each name written. ``texts`` gives text,
+    gloss and signer per name; ``val_frac``/``test_frac`` split the imported names (by signer,
+    seeded), else all go to ``split``. Nothing is written when no file converts."""
     import json
 
     from src.data.source import read_json
     from src.files import atomic_path
 
-    root = Path(root)
+    root, texts = Path(root), texts or {}
+    converted, skipped = [], []
+    for f in files:
+        try:
+            converted.append((f, *to_layout(read_pose(f))))
+        except DataError as e:
+            skipped.append((str(f), str(e)))
+    if not converted:
+        return [], skipped, {}
     (root / "frames_512x512").mkdir(parents=True, exist_ok=True)
     annotations = read_json(root / "annotations.json", "annotation file") if (root / "annotations.json").is_file() else {}
     splits = read_json(root / "split_files.json", "split file") if (root / "split_files.json").is_file() else {}
     provenance = read_json(root / "provenance.json", "provenance") if (root / "provenance.json").is_file() else {}
     for s in ("train", "val", "test"):
         splits.setdefault(s, [])
-    written, skipped = [], []
-    for f in files:
-        try:
-            rows, info = to_layout(read_pose(f))
-        except DataError as e:
-            skipped.append((str(f), str(e)))
-            continue
-        name = sequence_name(f)
+    names = [sequence_name(f) for f, _, _ in converted]
+    signers = {n: texts[n]["signer"] for n in names if "signer" in texts.get(n, {})}
+    split_of = assign_splits(names, signers, val_frac, test_frac, seed) if val_frac or test_frac \
+        else dict.fromkeys(names, split)
+    for (f, rows, info), name in zip(converted, names):
         with atomic_path(root / "frames_512x512" / f"{name}.npy") as tmp:
             np.save(tmp, rows)
-        annotations[name] = {"text": "", "gloss": "", "num_frames": int(rows.shape[0]), "signer": 0}
-        for names in splits.values():
-            if name in names:
-                names.remove(name)
-        splits.setdefault(split, []).append(name)
+        given = texts.get(name, {})
+        annotations[name] = {"text": given.get("text", ""), "gloss": given.get("gloss", ""),
+                             "num_frames": int(rows.shape[0]), "signer": given.get("signer", 0)}
+        for listed in splits.values():
+            if name in listed:
+                listed.remove(name)
+        splits.setdefault(split_of[name], []).append(name)
         provenance[name] = {"source_file": f.name, **info}
-        written.append(name)
     for file, data in (("annotations.json", annotations), ("split_files.json", splits),
                        ("provenance.json", provenance)):
         with atomic_path(root / file) as tmp:
             tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-    return written, skipped
+    return names, skipped, split_of

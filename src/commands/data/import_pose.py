@@ -16,21 +16,45 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="root folder to write (created if needed)")
     p.add_argument("--split", default="train",
                    help="split the imported sequences are listed under (data-check wants a non-empty train split)")
+    p.add_argument("--val-frac", type=float, default=0.0, help="share of the imported sequences for val (by signer)")
+    p.add_argument("--test-frac", type=float, default=0.0, help="share of the imported sequences for test (by signer)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the val/test draw")
+    p.add_argument("--texts", metavar="CSV_OR_JSON",
+                   help="text, gloss and signer per sequence: a CSV with header name,text,gloss,signer (name: the "
+                        "sequence or .pose file name) or a JSON {name: {text, gloss, signer}}")
     args = p.parse_args(argv)
+    if not (0 <= args.val_frac < 1 and 0 <= args.test_frac < 1 and args.val_frac + args.test_frac < 1):
+        p.error("--val-frac and --test-frac must be in [0, 1) and sum to under 1 (train keeps the rest)")
 
     def body() -> int:
-        from src.data.posefile import import_pose_files, pose_inputs, require_pose_format
+        import json
+        from collections import Counter
+        from pathlib import Path
+
+        from src.data.posefile import import_pose_files, pose_inputs, read_texts, require_pose_format
 
         require_pose_format()
         files = pose_inputs(args.pose)
         if not files:
             print(f"error: no .pose file in {' '.join(args.pose)}", file=sys.stderr)
             return 2
-        written, skipped = import_pose_files(files, args.out, args.split)
+        texts = read_texts(args.texts) if args.texts else None
+        written, skipped, split_of = import_pose_files(files, args.out, args.split, texts, args.val_frac,
+                                                       args.test_frac, args.seed)
         for f, reason in skipped:
             print(f"skipped {f}: {reason}")
-        print(f"imported {len(written)} of {len(files)} files into {args.out} (split '{args.split}')")
-        return 0 if written else 1
+        if not written:
+            print(f"error: none of the {len(files)} files could be imported; {args.out} was not written", file=sys.stderr)
+            return 1
+        counts = ", ".join(f"{s} {n}" for s, n in sorted(Counter(split_of.values()).items()))
+        print(f"imported {len(written)} of {len(files)} files into {args.out} ({counts})")
+        if texts is not None:
+            print(f"texts: {sum(1 for n in written if n in texts)} of {len(written)} sequences have one")
+        splits = json.loads((Path(args.out) / "split_files.json").read_text(encoding="utf-8"))
+        if not splits.get("train") or not splits.get("val"):
+            print("note: train-rvq needs a train and a val split; import again with --val-frac 0.2 (by signer "
+                  f"when --texts names them), or list names under \"val\" in {Path(args.out) / 'split_files.json'}")
+        return 0
 
     return run(body)
 

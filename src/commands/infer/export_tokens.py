@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input", nargs="+", default=None, metavar="FILE_OR_DIR",
                    help=".pose files (or folders of them) to export instead of a split: converted as data-import "
                         "does (pip install pose-format)")
+    p.add_argument("--texts", metavar="CSV_OR_JSON",
+                   help="with --input: text (and gloss, signer) per sequence, a CSV with header name,text,gloss,signer "
+                        "or a JSON {name: {text: ...}}; the LLM lines of --to-llm need a text")
     p.add_argument("--num-samples", type=int, default=10, metavar="N", help="first N sequences of the split; 0 = all")
     p.add_argument("--out", default="exports/tokens.jsonl", help="JSONL output, one line per sequence")
     p.add_argument("--to-llm", action="store_true",
@@ -35,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="export.* or data location overrides, e.g. export.rle_threshold=0.2")
     args = p.parse_args(argv)
+    if args.texts and not args.input:
+        p.error("--texts goes with --input (a root's texts are in its annotations.json)")
     if args.num_samples < 0 or args.batch_size < 1:
         p.error("--num-samples must be >= 0 and --batch-size >= 1")
 
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             root, split = args.root, args.split
             if args.input:
-                root, split = _import_inputs(args.input, tmp)
+                root, split = _import_inputs(args.input, tmp, args.texts)
             cfg = export_config(ckpt_cfg, args.config, args.overrides, root)
             if args.input:  # the temporary root has the default layout names
                 cfg.data = dataclasses.replace(cfg.data, split_file="split_files.json", pose_dir="frames_512x512",
@@ -78,14 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     return run(body)
 
 
-def _import_inputs(paths: list[str], tmp: str) -> tuple[str, str]:
-    """Convert ``.pose`` inputs into a temporary root; returns (root, split)."""
-    from src.data.posefile import import_pose_files, pose_inputs, require_pose_format
+def _import_inputs(paths: list[str], tmp: str, texts: str | None) -> tuple[str, str]:
+    """Convert ``.pose`` inputs into a temporary root (with ``texts``, a CSV or JSON of text per
+    name); returns (root, split)."""
+    from src.data.posefile import import_pose_files, pose_inputs, read_texts, require_pose_format
     from src.data.source import DataError
 
     require_pose_format()
     files = pose_inputs(paths)
-    written, skipped = import_pose_files(files, tmp, split="input")
+    written, skipped, _ = import_pose_files(files, tmp, split="input", texts=read_texts(texts) if texts else None)
     for f, reason in skipped:
         print(f"skipped {f}: {reason}")
     if not written:
