@@ -271,3 +271,29 @@ def test_codebook_usage_png_with_unused_level(tmp_path):
     assert only_file(tmp_path) == out
     img = iio.imread(out)
     assert img.ndim == 3 and img.shape[1] > img.shape[0]  # levels + heatmap are wider than 3 rows
+
+
+def test_codebook_usage_has_no_panel_for_levels_a_stream_never_codes(tmp_path, monkeypatch):
+    from src.viz import tokens as viz_tokens
+
+    drawn = []
+    real = viz_tokens._usage_panel
+    monkeypatch.setattr(viz_tokens, "_usage_panel", lambda ax, c, name: drawn.append(name) or real(ax, c, name))
+    counts = {s: np.ones((2, 16), int) for s in ("F", "LH", "FB")}
+    plot_codebook_usage(counts, tmp_path / "usage.png", coded={"F": 1, "LH": 2, "FB": 1})
+    assert drawn == ["F L0", "LH L0", "LH L1", "FB L0"]
+
+
+def test_nc_runs_are_hatched_over_coded_levels_only():
+    """A stream coding one of two levels: its NC run's hatch covers one row, not the "(none)" row."""
+    from matplotlib.patches import Rectangle
+
+    from src.viz.tokens import _decode, _mark_nc_runs
+    from src.viz._figure import new_figure
+
+    record = {"video_name": "v", "tokens": [{"t": 0, "F": [3], "LH": [1, 2]}, {"t": 1, "F": ["NC", 2], "LH": [4, 5]},
+                                            {"t": 2, "LH": [6, 7]}]}
+    ax = new_figure(4, 3, 50).add_subplot()
+    _mark_nc_runs(ax, _decode(record), 2, min_labelled=2, coded={"F": 1, "LH": 2})
+    hatched = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert [(p.get_x(), p.get_y(), p.get_width(), p.get_height()) for p in hatched] == [(0.5, -0.5, 2, 1)]

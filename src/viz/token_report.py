@@ -74,4 +74,5 @@ def write_token_plots(records: list[dict], out_dir: str | Path, max_records: int
     else:
         counts, source = record_code_counts(records), usage_source(records)
     title = f"codebook use over {len(records)} sequences: {source}"
-    return paths + [plot_codebook_usage(counts, Path(out_dir) / "codebook_usage.png", title)]
+    coded = records[0].get("meta", {}).get("codes_per_stream") or {}
+    return paths + [plot_codebook_usage(counts, Path(out_dir) / "codebook_usage.png", title, coded)]

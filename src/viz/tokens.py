@@ -82,14 +82,18 @@ def _timeline_rgba(tl: _Timeline, levels: int) -> np.ndarray:
     return img
 
 
-def _mark_nc_runs(ax: Axes, tl: _Timeline, levels: int, min_labelled: int) -> None:
-    """Hatch every NC run; write "NC k" on runs of at least ``min_labelled`` chunks."""
+def _mark_nc_runs(ax: Axes, tl: _Timeline, levels: int, min_labelled: int,
+                  coded: dict[str, int] | None = None) -> None:
+    """Hatch every NC run over the levels its stream codes (``coded``); write "NC k" on runs of at
+    least ``min_labelled`` chunks."""
+    coded = coded or {}
     for si, s in enumerate(tl.streams):
+        rows = min(coded.get(s, levels), levels)
         for t, k in tl.nc_runs[s]:
-            ax.add_patch(Rectangle((t - 0.5, si * levels - 0.5), k, levels, fill=False,
+            ax.add_patch(Rectangle((t - 0.5, si * levels - 0.5), k, rows, fill=False,
                                    hatch=_NC_HATCH, edgecolor="0.45", lw=0.6))
             if k >= min_labelled:
-                ax.text(t - 0.5 + k / 2, (si + 0.5) * levels - 0.5, f"NC {k}", ha="center",
+                ax.text(t - 0.5 + k / 2, si * levels + rows / 2 - 0.5, f"NC {k}", ha="center",
                         va="center", fontsize=6, color="0.1",
                         bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
 
@@ -141,11 +145,11 @@ def plot_token_timeline(record: dict, out: str | Path) -> Path:
     ax.imshow(_timeline_rgba(tl, levels), aspect="auto", interpolation="nearest",
               extent=(-0.5, tl.num_chunks - 0.5, rows - 0.5, -0.5))
     points_per_chunk = 0.75 * width * 72 / max(tl.num_chunks, 1)
-    _mark_nc_runs(ax, tl, levels, min_labelled=max(2, math.ceil(22 / points_per_chunk)))
+    coded = record.get("meta", {}).get("codes_per_stream") or {}
+    _mark_nc_runs(ax, tl, levels, min_labelled=max(2, math.ceil(22 / points_per_chunk)), coded=coded)
     if tl.num_chunks <= _MAX_LABELLED_CHUNKS:
         _label_codes(ax, tl, levels)
-    _timeline_axes(ax, tl, levels, record.get("chunk_len", 10) / record.get("fps", 30),
-                   record.get("meta", {}).get("codes_per_stream") or {})
+    _timeline_axes(ax, tl, levels, record.get("chunk_len", 10) / record.get("fps", 30), coded)
     ax.set_title(f"{record.get('video_name', '?')}: {tl.num_chunks} chunks", fontsize=9)
     fig.tight_layout()
     return save_png(fig, out)
@@ -192,13 +196,17 @@ def _heatmap_panel(ax: Axes, counts: np.ndarray, name: str) -> None:
     cbar.ax.tick_params(labelsize=6)
 
 
-def plot_codebook_usage(counts: dict[str, np.ndarray], out: str | Path, title: str = "") -> Path:
+def plot_codebook_usage(counts: dict[str, np.ndarray], out: str | Path, title: str = "",
+                        coded: dict[str, int] | None = None) -> Path:
     """Plot codebook usage to a PNG, one row per stream.
 
     ``counts[stream]`` is ``[num_levels, codebook_size]``. Per level: code counts sorted by
     frequency (log y) with usage % and perplexity; last column: a heatmap of raw counts.
+    ``coded``: codes per chunk of each stream (``meta.codes_per_stream``); levels past them,
+    which the stream never codes, get no panel.
     """
-    arrays = {s: np.atleast_2d(np.asarray(c)) for s, c in counts.items()}
+    coded = coded or {}
+    arrays = {s: np.atleast_2d(np.asarray(c))[:coded.get(s)] for s, c in counts.items()}
     levels = max(len(c) for c in arrays.values())
     fig = new_figure(2.6 * levels + 4.5, 1.9 * len(arrays) + 0.6, 100)
     grid = fig.add_gridspec(len(arrays), levels + 1, width_ratios=[1] * levels + [1.7])
