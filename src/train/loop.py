@@ -152,12 +152,13 @@ class Trainer:
                            num_workers=cfg.data.num_workers, pin_memory=self.device.type == "cuda")
         self.train_loader = make_loader(self.train_set, self.batch_size, train=True, **loader_args)
         self.val_loader = make_loader(self.val_set, self.batch_size, train=False, **loader_args)
-        # the training split as validation sees it (no augmentation): the fitting curve
-        self.fit_loader = make_loader(split_dataset(cfg.data, "train"), self.batch_size, train=False,
-                                      **loader_args) if cfg.train.fit_every else None
-        # the whole unaugmented training split on every rank: the latents the codebooks are refitted to
-        self.refit_loader = make_loader(split_dataset(cfg.data, "train"), self.batch_size, train=False,
-                                        num_workers=cfg.data.num_workers) if cfg.model.rvq.refit_every else None
+        # the training split as validation sees it (no augmentation): for the fitting curve (sharded
+        # as val), and whole on every rank for the latents the codebooks are refitted to
+        plain = split_dataset(cfg.data, "train") if cfg.train.fit_every or cfg.model.rvq.refit_every else None
+        self.fit_loader = make_loader(plain, self.batch_size, train=False, **loader_args) \
+            if cfg.train.fit_every else None
+        self.refit_loader = make_loader(plain, self.batch_size, train=False, num_workers=cfg.data.num_workers) \
+            if cfg.model.rvq.refit_every else None
         # with several roots each is also validated on its own (reported under val_roots)
         self.root_val_loaders = {tag: make_loader(part, self.batch_size, train=False, **loader_args)
                                  for tag, (part, _) in getattr(self.val_set, "parts", {}).items()}
@@ -310,7 +311,9 @@ class Trainer:
                         raise NonFiniteLoss(f"non-finite validation loss at epoch {self.epoch + 1} ({terms}); "
                                             f"stopping. {self._last_good()}")
                 if self.fit_loader is not None and ((self.epoch + 1) % cfg.fit_every == 0 or last):
-                    record["train_fit"] = self.fit_figures()
+                    # how well the model fits the chunks it trains on, beside how well it does on new ones
+                    record["train_fit"] = self.beside_oracle(self.fit_loader, f"train fit epoch {self.epoch + 1}",
+                                                             "train_fit")
                 if cfg.token_samples_every and ((self.epoch + 1) % cfg.token_samples_every == 0 or last):
                     self.write_token_samples()
                 record["ranks_agree"] = distributed.ranks_agree(self.model)
@@ -404,17 +407,7 @@ class Trainer:
             for k, v in result["mpjpe_px"].items():
                 self.writer.add_scalar(f"val/mpjpe_px/{k}", v, self.step)
         for tag, loader in self.root_val_loaders.items():
-            part, _ = evaluate(self.model, loader, self.cfg, self.device, full=True)   # full: with the oracles
-            part.reduce()
-            figures = part.result()
-            mpjpe, oracle = figures["mpjpe_px"], figures["oracle_chunk_mean_px"]
-            out.setdefault("val_roots", {})[tag] = {"mpjpe_px": mpjpe, "oracle_chunk_mean_px": oracle}
-            if self.dist.is_main:
-                log.info("val %s: mpjpe px %s (chunk-mean oracle %s)", tag,
-                         " ".join(f"{k} {v:.2f}" for k, v in mpjpe.items()),
-                         " ".join(f"{v:.2f}" for v in oracle.values()))
-                for k, v in mpjpe.items():
-                    self.writer.add_scalar(f"val_roots/{tag}/mpjpe_px/{k}", v, self.step)
+            out.setdefault("val_roots", {})[tag] = self.beside_oracle(loader, f"val {tag}", f"val_roots/{tag}")
         # Health comes free with the validation codes, so it is watched from the first epoch.
         out["codebook"] = ev.codebook_health(self.model)
         if self.dist.is_main:
@@ -433,20 +426,20 @@ class Trainer:
         self.model.train()
         log.info("epoch %d: codebooks refitted to %d training latents", self.epoch + 1, sum(len(z) for z in latents))
 
-    def fit_figures(self) -> dict[str, Any]:
-        """MPJPE and the chunk-mean oracle on the training split, unaugmented: how well the model
-        fits the chunks it trains on, beside how well it does on new ones."""
-        ev, _ = evaluate(self.model, self.fit_loader, self.cfg, self.device, full=True)
+    def beside_oracle(self, loader, label: str, tag: str) -> dict[str, Any]:
+        """MPJPE per stream on ``loader`` beside its chunk-mean oracle; logged as ``label``, in
+        TensorBoard under ``<tag>/mpjpe_px/<stream>``."""
+        ev, _ = evaluate(self.model, loader, self.cfg, self.device, full=True)   # full: with the oracles
         ev.reduce()
         figures = ev.result()
         out = {"mpjpe_px": figures["mpjpe_px"], "oracle_chunk_mean_px": figures["oracle_chunk_mean_px"],
                "num_sequences": figures["num_sequences"]}
         if self.dist.is_main:
-            log.info("train fit epoch %d: mpjpe px %s (chunk-mean oracle %s)", self.epoch + 1,
+            log.info("%s: mpjpe px %s (chunk-mean oracle %s)", label,
                      " ".join(f"{k} {v:.2f}" for k, v in out["mpjpe_px"].items()),
                      " ".join(f"{v:.2f}" for v in out["oracle_chunk_mean_px"].values()))
             for k, v in out["mpjpe_px"].items():
-                self.writer.add_scalar(f"train_fit/mpjpe_px/{k}", v, self.step)
+                self.writer.add_scalar(f"{tag}/mpjpe_px/{k}", v, self.step)
         return out
 
     def _log_codebook(self, health: dict, counts: np.ndarray, histograms: bool) -> None:
