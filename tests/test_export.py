@@ -361,11 +361,12 @@ def test_viz_tokens_from_file_and_checkpoint(tiny_checkpoint, root, lossless, tm
     # here only the counts it would be drawn from.
     seen = {}
     monkeypatch.setattr(token_report, "plot_codebook_usage",
-                        lambda counts, out, title: seen.update(counts=counts) or Path(out))
+                        lambda counts, out, title, coded: seen.update(counts=counts, coded=coded) or Path(out))
     assert tokens_cmd.main(["--checkpoint", str(tiny_checkpoint), "--root", str(root), "--num-samples", "1",
                             "--out", str(tmp_path / "b")]) == 0
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["timeline_static.png"]
     assert all((c.sum(1)[:1] == 6).all() and c.sum() in (6, 12) for c in seen["counts"].values())
+    assert seen["coded"] == {"F": 1, "LH": 2, "RH": 2, "B": 2, "FB": 1}   # the records' codes per stream
     assert "exported 1/1 sequences" in capsys.readouterr().out
     assert tokens_cmd.main(["--tokens", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "c")]) == 2
 

@@ -261,7 +261,7 @@ class RootsDataset(Dataset):
 
 
 class _RootsSource:
-    """``load`` of ``<root>/<name>`` names from each root's PoseSource (as the statistics read them)."""
+    """``load`` and ``file`` of ``<root>/<name>`` names from each root's PoseSource (as the statistics read them)."""
 
     def __init__(self, sources: dict[str, PoseSource]):
         self.sources = sources
@@ -270,10 +270,9 @@ class _RootsSource:
         tag, _, own = name.partition("/")
         return self.sources[tag].load(own)
 
-    @property
-    def pose_dir(self) -> str:
-        """The pose folders, for messages."""
-        return " or ".join(str(s.pose_dir) for s in self.sources.values())
+    def file(self, name: str) -> Path:
+        tag, _, own = name.partition("/")
+        return self.sources[tag].file(own)
 
 
 def split_dataset(cfg: DataConfig, split: str, train: bool = False, seed: int = 0, progress: bool = False

@@ -121,6 +121,10 @@ class PoseSource:
     def has(self, name: str) -> bool:
         return name in self._index or (self.pose_dir / f"{name}.npy").is_file()
 
+    def file(self, name: str) -> Path:
+        """The ``.npy`` file of ``name`` (for messages; a packed sequence is read from the pack)."""
+        return self.pose_dir / f"{name}.npy"
+
     def load(self, name: str) -> np.ndarray:
         """The raw pose array of ``name`` (a fresh float32 copy)."""
         if name in self._index:

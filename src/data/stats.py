@@ -46,7 +46,7 @@ def pose_statistics(source: PoseSource, names: list[str], cfg: DataConfig, max_s
         try:
             sample = make_sample(source.load(name), cfg)
         except (DataError, ValueError) as e:
-            raise DataError(f"{name}.npy in {source.pose_dir}: {e} (a sequence of the statistics)") from None
+            raise DataError(f"{source.file(name)}: {e} (a sequence of the statistics)") from None
         x, seen = sample["x"], sample["conf"]
         points.add(x, seen)
         if x.shape[0] > 1:
