@@ -57,8 +57,9 @@ def test_commands_use_the_shipped_model_without_checkpoint(compact, synth_root, 
 def test_the_shipped_model_gives_its_recorded_codes():
     """The committed model streams a fixed real sequence (other sources, never trained on) to the
     codes recorded when it was shipped: a change that alters the shipped tokens fails here. The
-    closest call between a chosen code and the next was 3e-4 of the distance, far above the
-    last-bit differences of another CPU's kernels."""
+    closest call between a chosen code and the next was 3e-4 of the distance (the face's grid:
+    0.014 of a step from a rounding boundary), far above the last-bit differences of another
+    CPU's kernels."""
     import json
     from pathlib import Path
 
