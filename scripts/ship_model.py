@@ -1,5 +1,6 @@
 """Make the shipped tokenizer from a training checkpoint: weights, codebooks and config only
-(no optimizer, RNG or EMA sums), checksummed, and checked to give the same codes.
+(no optimizer, RNG or EMA sums, no folder of the training machine), checksummed, and checked to
+give the same codes.
 
     python scripts/ship_model.py --checkpoint <run>/ckpt_best.pt --check-root <a real root> \
         --out checkpoints/pretrained/signstream_real.pt
@@ -7,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import sys
 from pathlib import Path
@@ -24,6 +26,17 @@ from src.train.checkpoint import inference_state, load_checkpoint, save_checkpoi
 LIMIT_MIB = 16   # a file committed under checkpoints/pretrained/
 
 
+def portable(state: dict) -> dict:
+    """The stored config without the training machine's folders: data roots by their folder name
+    (as configs/real_all.yaml names them), runs under the default save path."""
+    config = copy.deepcopy(state["config"])
+    data = config["data"]
+    data["root"] = Path(data["root"]).name
+    data["roots"] = {Path(root).name: weight for root, weight in data.get("roots", {}).items()}
+    config["save_path"] = "checkpoints"
+    return {**state, "config": config}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="a train-rvq checkpoint")
@@ -32,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> int:
-        save_checkpoint(args.out, inference_state(load_checkpoint(args.checkpoint)))
+        save_checkpoint(args.out, portable(inference_state(load_checkpoint(args.checkpoint))))
         size = Path(args.out).stat().st_size / 2 ** 20
         if size > LIMIT_MIB:
             raise cli.ConfigError(f"{args.out}: {size:.1f} MiB, over the {LIMIT_MIB} MiB a committed file may have")
