@@ -9,13 +9,15 @@ pose; one that carries only the chunk's mean pose or the signer scores near the 
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from src.data import keypoints as kp
-from src.inference import Tokenized
+from src.data.dataset import PoseDataset
+from src.inference import Tokenized, tokenize
 
 
 @dataclass
@@ -59,11 +61,6 @@ def split_views(model, cfg, split: str, label: str, classes: list[str] | None = 
     """The views of one split's sequences (``tokens``, ``pose``: (N, F) each), their labels as class
     indices, and the classes (the split's own, sorted, when ``classes`` is None). A sequence whose
     label is not among ``classes`` is left out and its name added to ``unseen``."""
-    import dataclasses
-
-    from src.data.dataset import PoseDataset
-    from src.inference import tokenize
-
     data = dataclasses.replace(cfg.data, max_frames=0)
     dataset = PoseDataset(data, split)
     names = list(dataset.names)
