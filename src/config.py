@@ -76,6 +76,9 @@ class RVQConfig:
     init: str = "kmeans"             # kmeans | sample | random (first batch)
     kmeans_iters: int = 10
     usage_temperature: float = 0.1   # soft assignment temperature, in units of each row's distance std
+    # rows per level and step the usage term is estimated from, drawn at random when a batch has
+    # more (its passes over every code and its gradient matmul then cost this many rows); 0 = all
+    usage_rows: int = 1024
     quantizer_dropout: float = 0.0   # probability that a sample trains with a random number of levels
     # epochs between refits of the EMA codebooks to the training split's latents by residual k-means
     # (scripts/fit_diagnosis.py: the EMA codebooks trail the latents); 0 = off
@@ -120,7 +123,7 @@ class RVQConfig:
 
 @dataclass
 class ModelConfig:
-    width: int = 256
+    width: int = 128
     enc_layers: int = 2
     dec_layers: int = 2
     heads: int = 4
@@ -130,7 +133,7 @@ class ModelConfig:
     type_dim: int = 32               # width of the concatenated stream embedding
     pool: str | dict[str, str] = "attention"  # attention | mean | flatten (frames side by side; decoder
     #                                  mirrors), or one per stream: {F: attention, LH: flatten, ...}
-    latent_dim: int = 256
+    latent_dim: int = 128
     linear_path: bool = False        # a linear map of the whole chunk beside the encoder's and decoder's
     #                                  transformer (added to the latent and to the decoded pose)
     stitch: bool = True              # decode sequences with chunk borders stitched (src/models/stitch.py); losses score that
@@ -443,6 +446,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Config], bool], str]] = {
     "model.rvq.dead_after_steps": (lambda c: c.model.rvq.dead_after_steps >= 1, ">= 1"),
     "model.rvq.kmeans_iters": (lambda c: c.model.rvq.kmeans_iters >= 0, ">= 0"),
     "model.rvq.usage_temperature": (lambda c: c.model.rvq.usage_temperature > 0, "> 0"),
+    "model.rvq.usage_rows": (lambda c: c.model.rvq.usage_rows >= 0, ">= 0 (0 = every row)"),
     "model.rvq.quantizer_dropout": (lambda c: 0 <= c.model.rvq.quantizer_dropout <= 1, "in [0, 1]"),
     "model.rvq.refit_every": (lambda c: c.model.rvq.refit_every >= 0, ">= 0"),
     "data.roots": (lambda c: all(w > 0 for w in c.data.roots.values())

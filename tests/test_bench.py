@@ -145,7 +145,7 @@ def test_flop_count_matches_torch_counter(report):
     ("add", "attention", False), ("concat", "attention", False),
     ("add", {"F": "attention", "LH": "flatten", "RH": "flatten", "B": "mean", "FB": "flatten"}, True)])
 def test_flop_formula_on_the_default_model(type_embedding, pool, linear_path):
-    """The default width-256 model (not trained: FLOPs do not depend on the weights)."""
+    """The default width-128 model (not trained: FLOPs do not depend on the weights)."""
     from src.models.tokenizer import SignTokenizer
 
     cfg = ModelConfig(type_embedding=type_embedding, pool=pool, linear_path=linear_path, rvq=RVQConfig())
@@ -153,8 +153,8 @@ def test_flop_formula_on_the_default_model(type_embedding, pool, linear_path):
     analytic, counted = bench.analytic_flops(cfg, 10), bench.counted_flops(model, torch.device("cpu"))
     assert counted["encoder"] == pytest.approx(analytic["encoder"], rel=0.1)
     assert counted["quantizer"] == pytest.approx(analytic["quantizer"], rel=0.01)
-    if cfg == ModelConfig():  # 3.7M input projections (242 points) + 2 x 5 x 15.8M layers + 0.7M output
-        assert analytic["encoder"] == pytest.approx(162.68e6, rel=1e-3)
+    if cfg == ModelConfig():  # 1.86M input projections (242 points) + 2 x 5 x 3.98M layers + 0.19M output
+        assert analytic["encoder"] == pytest.approx(41.88e6, rel=1e-3)
 
 
 def test_num_threads_restores():

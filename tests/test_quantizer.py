@@ -377,6 +377,32 @@ def test_level_losses_and_gradient_match_autograd_in_float64(active, bf16, monke
     assert error < (1e-2 if bf16 else 1e-5), error
 
 
+def test_usage_term_of_a_large_batch_is_that_of_usage_rows_drawn_from_it():
+    """With more rows than ``usage_rows``, the usage KL and its gradient are those of the rows
+    drawn (the first draw of the step), the commitment that of every row; rows not drawn get
+    the commitment's gradient only."""
+    torch.manual_seed(0)
+    cb = Codebook(16, rvq_cfg(codebook_size=64, init="random", usage_rows=100), groups=2).train()
+    cb.embed.copy_(torch.randn(2, 64, 16))
+    x = (torch.randn(2, 300, 16) * 1.5).requires_grad_(True)
+    ref_x = x.detach().double().requires_grad_(True)
+    torch.manual_seed(1)
+    pick = torch.randperm(300)[:100]
+    _, commit, _ = _level_losses_reference(ref_x, cb.embed.clone(), cb.temperature)
+    _, _, usage = _level_losses_reference(ref_x[:, pick], cb.embed.clone(), cb.temperature)
+    (commit.sum() + usage.sum()).backward()
+
+    torch.manual_seed(1)
+    _, _, got_commit, got_usage = cb(x)
+    (got_commit.sum() + got_usage.sum()).backward()
+    torch.testing.assert_close(got_commit.double(), commit.detach(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got_usage.double(), usage.detach(), rtol=1e-5, atol=1e-7)
+    error = (x.grad.double() - ref_x.grad).norm() / ref_x.grad.norm()
+    assert error < 1e-5, error
+    _, _, full_usage = _level_losses_reference(ref_x.detach(), cb.embed.clone(), cb.temperature)
+    assert not torch.allclose(got_usage.double(), full_usage, rtol=1e-3)   # not every row's usage
+
+
 def test_training_distances_are_exact_where_bf16_is_off(monkeypatch):
     """Without bf16 hardware (forced here, on any CPU) a residual level's training search is the
     exact fp32 nearest code, and oneDNN's matmul precision is never touched."""

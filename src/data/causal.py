@@ -30,6 +30,7 @@ needs the next source frame; ``data-import`` resamples ``.pose`` files to 30 fps
 from __future__ import annotations
 
 import bisect
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,8 +99,8 @@ class CausalCleaner:
 
     ``push(raw)`` takes any number of raw ``[n, 134, 3]`` frames and returns the frames whose
     estimates became known (during the warm-up, none); ``flush()`` returns the rest at the
-    end of the sequence. Frames are processed one by one in a fixed order, so the output is
-    the same, bit for bit, however the sequence is cut into pushes.
+    end of the sequence. A frame's output depends only on the frames up to it, by elementwise
+    arithmetic, so it is the same, bit for bit, however the sequence is cut into pushes.
     """
 
     def __init__(self, conf_thresh: float, lowpass_sigma: float = 0.0, warmup: int = 10,
@@ -128,19 +129,25 @@ class CausalCleaner:
     def _fill(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Hold every unobserved point at its last observation, then the causal low-pass.
 
-        Frame by frame, so that a frame's output never depends on how the frames were pushed.
-        The low-pass memory of a point starts at its first observation (as offline, where the
-        first observation is held backwards): a hand coming into view is not smeared with 0s.
+        A frame's output never depends on how the frames were pushed. The low-pass memory of a
+        point starts at its first observation (as offline, where the first observation is held
+        backwards): a hand coming into view is not smeared with 0s.
         """
         conf = observed_mask(raw, self.conf_thresh)
+        if self.kernel is None:
+            # every point at the frame of its latest observation (0: before this push), all frames at once
+            t = np.arange(1, raw.shape[0] + 1)[:, None]
+            latest = np.maximum.accumulate(np.where(conf, t, 0), axis=0)
+            out = np.concatenate([self.last_xy[None], raw[..., :2]])[latest, np.arange(kp.NUM_ROWS)]
+            self.seen |= conf.any(axis=0)
+            self.last_xy = out[-1].copy()
+            out[:, kp.SIZE_ROW] = 0
+            return out, conf
         out = np.empty((raw.shape[0], kp.NUM_ROWS, 2), np.float32)
         for t in range(raw.shape[0]):
             first = conf[t] & ~self.seen
             self.seen |= conf[t]
             self.last_xy = np.where(conf[t, :, None], raw[t, :, :2], self.last_xy)   # float32, as raw
-            if self.kernel is None:
-                out[t] = self.last_xy
-                continue
             if self.history is None:
                 self.history = np.repeat(self.last_xy[None], len(self.kernel), axis=0)
             else:
@@ -153,23 +160,27 @@ class CausalCleaner:
         out[:, kp.SIZE_ROW] = 0
         return out, conf
 
-    def _measure(self, xy: np.ndarray, conf: np.ndarray) -> None:
-        """Add one frame's lengths and shoulder angle to the running medians.
+    def _lengths(self, xy: np.ndarray, conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, pairs) lengths of every ``_LENGTHS`` pair and whether both its points were seen.
 
-        The values of ``pose.pair_lengths`` and ``pose.shoulder_angles`` bit for bit (the same
-        float32 difference, sum of squares and square root; the shoulder pair comes first in
-        ``_LENGTHS`` and its difference is the shoulder line), for every pair in one go: the
-        per-pair calls were the largest part of a streamed frame's preprocessing.
+        The values of ``pose.pair_lengths`` bit for bit (the same float32 difference, sum of
+        squares and square root; elementwise, so the same in any batch), for every frame and
+        pair in one go: the per-pair calls were the largest part of a streamed frame's preprocessing.
         """
-        both = conf[_FROM] & conf[_TO]
+        d = xy[:, _FROM] - xy[:, _TO]                              # (n, pairs, 2)
+        return np.sqrt(np.add.reduce(d * d, axis=-1)), conf[:, _FROM] & conf[:, _TO]
+
+    def _measure(self, xy: np.ndarray, lengths: np.ndarray, both: np.ndarray) -> None:
+        """Add one frame's lengths and shoulder angle (``pose.shoulder_angles``: the shoulder
+        pair comes first in ``_LENGTHS``) to the running medians."""
         if not both.any():
             return
-        d = xy[_FROM[both]] - xy[_TO[both]]                     # (pairs seen, 2)
-        lengths = np.sqrt(np.add.reduce(d * d, axis=-1))       # np.linalg.norm(d, axis=-1)
-        for pair, length in zip((p for p, seen in zip(_LENGTHS, both) if seen), lengths.tolist()):
+        for pair, length in zip(itertools.compress(_LENGTHS, both), lengths[both].tolist()):
             self.lengths[pair].add(length)
         if both[0]:
-            for a in np.arctan2(d[:1, 1], d[:1, 0]).tolist():
+            # one frame at a time: numpy's vectorised arctan2 may round differently from its one-value path
+            d = xy[_FROM[:1]] - xy[_TO[:1]]
+            for a in np.arctan2(d[:, 1], d[:, 0]).tolist():
                 self.angles.add(a)
 
     def push(self, raw: np.ndarray) -> CausalFrames:
@@ -182,9 +193,10 @@ class CausalCleaner:
         if self.size is None:
             self.size = video_size(raw)
         xy, conf = self._fill(raw)
+        lengths, both = self._lengths(xy, conf)
         released: list[tuple[int, float, float]] = []   # (frames released, unit, angle)
         for t in range(xy.shape[0]):
-            self._measure(xy[t], conf[t])
+            self._measure(xy[t], lengths[t], both[t])
             self.frames_seen += 1
             self.pending.append((xy[t], conf[t]))
             if self.frames_seen >= self.warmup:

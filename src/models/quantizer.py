@@ -120,7 +120,7 @@ class Codebook(nn.Module):
         self.residual = residual
         self.size, self.decay, self.eps = cfg.codebook_size, cfg.ema_decay, cfg.laplace_eps
         self.dead_after, self.init, self.kmeans_iters = cfg.dead_after_steps, cfg.init, cfg.kmeans_iters
-        self.temperature = cfg.usage_temperature
+        self.temperature, self.usage_rows = cfg.usage_temperature, cfg.usage_rows
         if cfg.init not in ("kmeans", "sample", "random"):
             raise ValueError(f"model.rvq.init must be kmeans, sample or random, got {cfg.init!r}")
         embed = torch.randn(groups, cfg.codebook_size, dim) * dim ** -0.5
@@ -257,7 +257,9 @@ class Codebook(nn.Module):
             (dists[:, active], nearest.values[:, active], quantized[:, active])
         if rows.shape[1]:
             # d_rows is consumed (overwritten) by the usage term: nothing below reads the distances.
-            commit, usage = _LevelLosses.apply(rows, q_rows, embed, d_rows, d_min, self.temperature)
+            n = rows.shape[1]
+            pick = torch.randperm(n, device=x.device)[:self.usage_rows] if 0 < self.usage_rows < n else None
+            commit, usage = _LevelLosses.apply(rows, q_rows, embed, d_rows, d_min, self.temperature, pick)
         else:
             commit = usage = x.sum((1, 2)) * 0
         if self.training:
@@ -414,16 +416,21 @@ class _LevelLosses(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, q: torch.Tensor, embed: torch.Tensor, dists: torch.Tensor,
-                d_min: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+                d_min: torch.Tensor, temperature: float, pick: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         diff = x - q
         flat = diff.view(diff.shape[0], -1)
         commit = torch.bmm(flat[:, None], flat[..., None]).view(-1) / flat.shape[1]   # one read, no square temporary
+        if pick is not None:   # the usage of the rows ``pick`` (RVQConfig.usage_rows)
+            dists, d_min = dists[:, pick], d_min[:, pick]
         usage, exps, z, u, scale = _usage_forward(dists, d_min, temperature)
         grad_usage = None
         if ctx.needs_input_grad[0]:
             low = _bf16_usage_grad() and x.device.type == "cpu" and x.dtype == torch.float32
             logits_grad = _usage_grad_logits(torch.ones_like(usage), exps, z, u, torch.bfloat16 if low else None)
-            grad_usage = torch.bmm(logits_grad, embed.to(logits_grad.dtype)).float().mul_(-2.0 / (scale * z))  # (G, N, D)
+            grad_usage = torch.bmm(logits_grad, embed.to(logits_grad.dtype)).float().mul_(-2.0 / (scale * z))
+            if pick is not None:
+                grad_usage = torch.zeros_like(x).index_copy_(1, pick, grad_usage)
         ctx.save_for_backward(diff, grad_usage)
         return commit, usage
 
@@ -432,7 +439,7 @@ class _LevelLosses(torch.autograd.Function):
         diff, grad_x = ctx.saved_tensors
         grad_x = grad_x.mul_(grad_usage[:, None, None])   # in place: autograd refuses a second backward
         grad_x.addcmul_(diff, grad_commit[:, None, None] * (2.0 / diff[0].numel()))
-        return grad_x, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None
 
 
 class _StraightThrough(torch.autograd.Function):
