@@ -83,7 +83,7 @@ class RVQConfig:
     # epochs between refits of the EMA codebooks to the training split's latents by residual k-means
     # (scripts/fit_diagnosis.py: the EMA codebooks trail the latents); 0 = off
     refit_every: int = 0
-    # Streams quantised by finite scalar quantisation (src/models/quantizer.py ResidualFSQ) in
+    # Streams quantised by finite scalar quantisation (src/models/quantizer/fsq.py) in
     # place of EMA codebooks, on the grid ``fsq_levels`` (values per number; its product must be
     # codebook_size). [] = fours (and a two): 1024 -> [4, 4, 4, 4, 4], 256 -> [4, 4, 4, 4].
     fsq_streams: list[str] = field(default_factory=lambda: ["F"])

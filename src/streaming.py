@@ -129,7 +129,7 @@ def step_model(model: SignTokenizer, precision: str = "fp32", compile: bool = Fa
     if precision == "bf16" and twin.quantizer.rvq is not None:   # streams with EMA codebooks (FSQ reads none)
         twin.quantizer.rvq.shortlist = BF16_SHORTLIST
         for level in twin.quantizer.rvq.levels:   # built now (~50 ms), not in the first chunk's latency
-            level._shortlist_tables()
+            level.shortlist_tables()
     if compile and not compile_step(twin, precision, decode):
         return step_model(model, precision)
     return twin

@@ -13,7 +13,9 @@ from src.config import RVQConfig
 from src.data import keypoints as kp
 from src.hardware import FORCE_ENV, detected
 from src.models import quantizer
-from src.models.quantizer import Codebook, MultiStreamRVQ, ResidualQuantizer, _runs, sq_distances
+from src.models.quantizer import kernels
+from src.models.quantizer.base import runs
+from src.models.quantizer import Codebook, MultiStreamRVQ, ResidualQuantizer, sq_distances
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: a second thread only adds contention
 
@@ -322,7 +324,7 @@ def test_usage_kl_gradient_spreads_a_collapsed_batch():
     assert len(cb.encode(one(z.detach())).unique()) == 1
 
     def kl() -> torch.Tensor:
-        return cb.usage_kl(sq_distances(z, embed)[None])[0]
+        return kernels.UsageKL.apply(sq_distances(z, embed)[None], cb.temperature)[0]
 
     start = kl().item()
     opt = torch.optim.Adam([z], lr=0.1)
@@ -356,7 +358,7 @@ def test_level_losses_and_gradient_match_autograd_in_float64(active, bf16, monke
     gradient's matmul in bf16 (CPUs that have it in hardware; forced here) to 1% of its norm.
     The codebook is a first level: its distances stay fp32 either way, so the codes are exact."""
     monkeypatch.setenv(FORCE_ENV, "1" if bf16 else "0")
-    assert quantizer._bf16_usage_grad() == bf16
+    assert kernels.bf16_usage_grad() == bf16
     torch.manual_seed(0)
     cb = Codebook(16, rvq_cfg(codebook_size=64, init="random"), groups=2).train()
     cb.embed.copy_(torch.randn(2, 64, 16))
@@ -412,7 +414,7 @@ def test_training_distances_are_exact_where_bf16_is_off(monkeypatch):
     x = torch.randn(2, 2000, 256)
     exact = Codebook.distances(x, cb.embed, cb.embed.pow(2).sum(-1)).argmin(-1)
     _, picked, _, _ = cb.train()(x)
-    assert not quantizer._bf16_distances()
+    assert not kernels.bf16_distances()
     assert torch.equal(picked, exact)
 
 
@@ -455,13 +457,13 @@ def test_a_second_backward_through_a_level_is_refused():
         (commit + usage).sum().backward()
 
 
-@pytest.mark.parametrize("caps, runs", [([1, 2, 2, 2, 1], [slice(1, 4)]),
-                                        ([2, 1, 2, 1, 2], [slice(0, 1), slice(2, 3), slice(4, 5)]),
-                                        ([1, 1, 1, 1, 1], []), ([2, 2, 2, 2, 2], [slice(0, 5)])])
-def test_encode_compares_only_the_groups_that_code_a_level(caps, runs):
+@pytest.mark.parametrize("caps, expected", [([1, 2, 2, 2, 1], [slice(1, 4)]),
+                                            ([2, 1, 2, 1, 2], [slice(0, 1), slice(2, 3), slice(4, 5)]),
+                                            ([1, 1, 1, 1, 1], []), ([2, 2, 2, 2, 2], [slice(0, 5)])])
+def test_encode_compares_only_the_groups_that_code_a_level(caps, expected):
     """Groups past their cap get -1 and are never compared (runs of groups as views); the
     others get exactly the codes of an encode over every group."""
-    assert _runs([c > 1 for c in caps]) == runs
+    assert runs([c > 1 for c in caps]) == expected
     torch.manual_seed(0)
     z = torch.randn(S, 40, 8)
     capped = fit(ResidualQuantizer(8, rvq_cfg(levels=2), S, caps), z, 2).eval()
@@ -586,12 +588,12 @@ def test_shortlist_rescored_in_fp32_gives_the_fp32_nearest_code(rows, int8, monk
     """A first pass (int8 or bf16 codewords) keeps 16 candidates, fp32 distances pick among
     them: on random codebooks (1024 codes, 256 dims, as the default model) the codes equal
     encode's, also for a slice of groups; with 1 candidate the first pass alone decides and misses."""
-    if int8 and not quantizer._INT8_FIRST_PASS:
+    if int8 and not kernels.INT8_FIRST_PASS:
         pytest.skip("this torch build has no weight-only int8 matmul")
-    monkeypatch.setattr(quantizer, "_INT8_FIRST_PASS", int8)
+    monkeypatch.setattr(kernels, "INT8_FIRST_PASS", int8)
     g = torch.Generator().manual_seed(rows)
     cb = Codebook(256, rvq_cfg(codebook_size=1024, init="random"), groups=3).eval()
-    assert (cb._shortlist_tables()[0].dtype == torch.int8) == int8
+    assert (cb.shortlist_tables()[0].dtype == torch.int8) == int8
     x = cb.embed[:, :rows] + 0.5 * torch.randn(3, rows, 256, generator=g) / 16   # near a code, as latents are
     assert torch.equal(cb.encode_shortlist(x, k=16), cb.encode(x))
     assert torch.equal(cb.encode_shortlist(x[1:], slice(1, 3)), cb.encode(x[1:], slice(1, 3)))
