@@ -89,7 +89,7 @@ def run(fn: Callable[[], int | None]) -> int:
     """Run a command body; known input errors print one line (file and fix) and exit 2."""
     from src.data.source import DataError
     from src.train.checkpoint import CheckpointError
-    from src.train.distributed import LaunchError
+    from src.distributed import LaunchError
 
     from src.runtime import reuse_freed_memory
     from src.train.runlog import setup_logging

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from src import bench
+from src.pipelines import bench
 from src.commands.eval.bench import main as bench_main
 from src.config import ModelConfig, RVQConfig
 from src.hardware import FORCE_ENV, detected

@@ -78,7 +78,7 @@ def _train_worker(rank: int, tmp: str, root: str) -> None:
     _torchrun_env(rank)
     torch.set_num_threads(1)
     from src.data.dataset import PoseDataset, collate
-    from src.train import distributed
+    from src import distributed
     from src.train.loop import Trainer
 
     # refit_every=1: the k-means refit of the codebooks must leave the ranks identical too
@@ -100,7 +100,7 @@ def _diverging_worker(rank: int, tmp: str, root: str) -> None:
     """Rank 1's codebook drifts away from rank 0's after each validation (as a rank-local bug
     would make it): the first epoch's check must stop the run on both ranks."""
     _torchrun_env(rank)
-    from src.train import distributed
+    from src import distributed
     from src.train.loop import Trainer
 
     cfg = tiny_config(Path(root), Path(tmp) / "runs", "train.epochs=2", "train.token_samples_every=0")
@@ -143,7 +143,7 @@ def _teardown_worker(rank: int, tmp: str) -> None:
     _torchrun_env(rank)
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from src.train import distributed
+    from src import distributed
 
     distributed.setup("cpu")
     model = DDP(torch.nn.Linear(4, 4))

@@ -6,7 +6,7 @@ import math
 import re
 
 from src.commands.demo.main import main
-from src.demo import ensure_synthetic
+from src.pipelines.demo import ensure_synthetic
 
 
 def _finite_numbers(obj):

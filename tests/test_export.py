@@ -24,7 +24,7 @@ from src.data import keypoints as kp
 from src.data.keypoints import SCORED_POINTS, STREAM_NAMES, STREAM_SLICES
 from src.inference import load_tokenizer, parse_levels, tokenize
 from src.tokens import SEP, count_codes, count_tokens, read_jsonl, rle_decode, template_to_entries, validate_record
-from src.tokens.export import export_config, export_tokens, llm_paths
+from src.pipelines.export import export_config, export_tokens, llm_paths
 from src.tokens.select import adaptive_depths, unchanged_chunks
 from src.tokens.sequence import TokenSettings, sequence_record
 from src.viz import skeleton, token_report

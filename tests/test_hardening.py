@@ -294,7 +294,7 @@ def test_a_read_only_folder_is_a_one_line_error(synth_root, tmp_path, capsys):
 
 def test_export_skips_and_counts_an_empty_file(bad_root, tiny_checkpoint):
     from src.inference import load_tokenizer
-    from src.tokens.export import export_config, export_tokens
+    from src.pipelines.export import export_config, export_tokens
 
     model, cfg = load_tokenizer(tiny_checkpoint)
     records, _, failures = export_tokens(model, export_config(cfg, root=str(bad_root)), "train", progress=False)

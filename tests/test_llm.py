@@ -8,7 +8,7 @@ import re
 import pytest
 
 from src.data.keypoints import STREAM_NAMES
-from src.metrics import prefix_lm as pl
+from src.pipelines import prefix_lm as pl
 from src.tokens import SEP, rle_decode, rle_encode, template_to_entries
 from src.tokens.llm import IGNORE, SignVocab, build_example, pad_batch, prefix_tokens, require_hf
 from src.tokens.template import CHUNK, build_vocabulary, entries_to_template

@@ -76,7 +76,7 @@ def test_fit_curve_and_training_fraction(synth_root, tmp_path):
     """train.fit_every logs the training split's MPJPE beside its oracle; data.train_fraction
     trains on a seeded, nested share of the split."""
     from src.train.loop import Trainer, train
-    from src.train import distributed
+    from src import distributed
 
     half = tiny_config(synth_root, tmp_path, "data.train_fraction=0.5", "train.epochs=2", "train.fit_every=1",
                        "train.token_samples_every=0")

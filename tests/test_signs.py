@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from src.metrics import signs
+from src.pipelines import signs
 
 
 def views(rng: np.random.Generator, labels: np.ndarray, classes: int) -> dict[str, np.ndarray]:

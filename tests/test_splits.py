@@ -11,7 +11,7 @@ from src.data.keypoints import STREAM_NAMES
 from src.inference import load_tokenizer, tokenize
 from src.metrics.report import evaluation_report
 from src.tokens import rle_decode
-from src.tokens.export import export_config, export_tokens
+from src.pipelines.export import export_config, export_tokens
 from src.train.loop import train
 from tests.conftest import tiny_config
 

@@ -250,7 +250,7 @@ def test_a_folder_with_other_data_is_refused(tmp_path):
 
 
 def test_demo_regenerates_a_set_of_another_size(tmp_path):
-    from src.demo import ensure_synthetic
+    from src.pipelines.demo import ensure_synthetic
 
     root = tmp_path / "ds"
     assert ensure_synthetic(root, 10) and not ensure_synthetic(root, 10)

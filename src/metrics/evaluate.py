@@ -26,7 +26,7 @@ from src.models.tokenizer import SignTokenizer
 from src.tokens.rle import chunk_token_counts, count_codes, count_tokens, rle_encode
 from src.tokens.select import unchanged_chunks
 from src.tokens.sequence import codes_to_streams
-from src.train.distributed import all_reduce_sum
+from src.distributed import all_reduce_sum
 
 S = len(kp.STREAMS)
 

@@ -31,7 +31,7 @@ from src.models.tokenizer import SignTokenizer
 from src.runtime import set_threads
 from src.tokens.records import write_jsonl_atomic
 from src.tokens.sequence import TokenSettings, sequence_record
-from src.train import distributed
+from src import distributed
 from src.train.checkpoint import (CheckpointError, config_from_checkpoint, load_checkpoint, load_model_state,
                                   payload_checksum, rng_state, save_checkpoint, set_rng_state)
 from src.train.optim import build_optimizer, lr_at

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> int:
-        from src.demo import ensure_synthetic, run_demo, summary_table
+        from src.pipelines.demo import ensure_synthetic, run_demo, summary_table
 
         cfg = config_from_args(args)
         if not args.root:

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         import torch
 
-        from src.bench import FAST, FAST_OVERRIDES, FULL, run_bench, table, thread_advice
+        from src.pipelines.bench import FAST, FAST_OVERRIDES, FULL, run_bench, table, thread_advice
         from src.config import ConfigError, apply_overrides, load_config
         from src.hardware import cpu_caps
         from src.runtime import set_threads

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         apply_threads(args.threads)
         from pathlib import Path
 
-        from src.metrics.rd import rd_markdown, rd_report
+        from src.pipelines.rd import rd_markdown, rd_report
 
         result = rd_report(args.checkpoints, args.out, args.root, args.split, args.device, args.batch_size,
                            args.labels)

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         from src.inference import load_tokenizer, parse_levels
         from src.metrics.report import evaluation_report, failed_checks, table
         from src.metrics.shifts import select, shift_markdown, shift_report
-        from src.train.distributed import pick_device
+        from src.distributed import pick_device
         from src.files import atomic_path, write_json
 
         shifts = select(args.shifts) if args.shifts else []

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         from src.config import ConfigError
         from src.files import write_json
         from src.inference import load_tokenizer
-        from src.metrics.signs import probe, split_views
+        from src.pipelines.signs import probe, split_views
 
         model, cfg = load_tokenizer(args.checkpoint)
         cfg.data.root = args.root

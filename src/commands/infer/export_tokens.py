@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         apply_threads(args.threads)
         from src.config import ConfigError
         from src.inference import load_tokenizer
-        from src.tokens.export import export_config, export_tokens, summary_lines, token_settings, write_llm_files
+        from src.pipelines.export import export_config, export_tokens, summary_lines, token_settings, write_llm_files
         from src.tokens.records import write_jsonl_atomic
-        from src.train.distributed import pick_device
+        from src.distributed import pick_device
 
         try:
             device = pick_device(args.device)

@@ -91,7 +91,7 @@ def _write_record(args, cfg, codes, entries: list[dict], num_frames: int, precis
     """The export-tokens record of the streamed codes; its tokens must equal the stream's rebuilt entries."""
     from pathlib import Path
 
-    from src.tokens.export import token_settings
+    from src.pipelines.export import token_settings
     from src.tokens.records import validate_record, write_jsonl_atomic
     from src.tokens.sequence import sequence_record
 

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.tokens:
             checkpoint_path(args)
         from src.config import ConfigError
-        from src.metrics import prefix_lm as pl
+        from src.pipelines import prefix_lm as pl
         from src.tokens.llm import require_hf
 
         try:
@@ -92,8 +92,8 @@ def _synthetic(args):
     """Tokenize a fresh synthetic set with the checkpoint; items hold gloss sequences."""
     from src.data.synth import write_synthetic_dataset
     from src.inference import load_tokenizer
-    from src.metrics import prefix_lm as pl
-    from src.tokens.export import export_config, export_tokens
+    from src.pipelines import prefix_lm as pl
+    from src.pipelines.export import export_config, export_tokens
     from src.tokens.llm import vocab_of
 
     model, ckpt_cfg = load_tokenizer(args.checkpoint, "cpu")
@@ -130,7 +130,7 @@ def _read(files: list[str]) -> list[dict]:
 def _from_files(args):
     """Items of exported JSONL files; held out: --val-tokens or a seeded fraction, and the
     videos of --holdout-signers where the records carry ``meta.signer``."""
-    from src.metrics import prefix_lm as pl
+    from src.pipelines import prefix_lm as pl
     from src.tokens.llm import vocab_of
 
     records, val_records = _read(args.tokens), _read(args.val_tokens or [])

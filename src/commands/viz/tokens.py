@@ -53,7 +53,7 @@ def _from_file(path: str) -> list[dict]:
 def _from_checkpoint(args) -> tuple[list[dict], dict]:
     """Records of the first sequences of ``--split``, and their raw code counts per stream."""
     from src.inference import load_tokenizer
-    from src.tokens.export import export_config, export_tokens, summary_lines
+    from src.pipelines.export import export_config, export_tokens, summary_lines
 
     apply_threads(args.threads)
     model, cfg = load_tokenizer(args.checkpoint, args.device)

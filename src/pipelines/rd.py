@@ -107,7 +107,7 @@ def rd_report(checkpoints: list[str], out_dir: str | Path, root: str | None = No
     """
     from src.inference import load_tokenizer, parse_levels
     from src.metrics.report import evaluation_report
-    from src.train.distributed import pick_device
+    from src.distributed import pick_device
     from src.files import write_json
     from src.files import atomic_path
 
