@@ -5,37 +5,49 @@ Only the chosen command's module is imported, so help costs no torch import.
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
+import importlib.util
 import sys
+from pathlib import Path
 
-# name -> (module with main(argv), one-line summary)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("src.commands.demo.main", "whole pipeline on the synthetic signer (or --root): train, eval, export, viz"),
-    "data-synth": ("src.commands.data.synth", "write a synthetic signer dataset in the CSL-Daily layout"),
-    "data-check": ("src.commands.data.check", "validate a CSL-Daily-layout root and print its statistics"),
-    "data-import": ("src.commands.data.import_pose", "convert .pose files (MediaPipe, OpenPose, COCO-WholeBody) into a root"),
-    "data-pack": ("src.commands.data.pack", "pack all pose .npy files of a root into one memory-mapped array"),
-    "train-rvq": ("src.commands.train.rvq", "train the multi-stream RVQ tokenizer (one process)"),
-    "train-rvq-ddp": ("src.commands.train.rvq_ddp", "train with DDP under torchrun (gloo on CPU, nccl on CUDA)"),
-    "verify-overfit16": ("src.commands.verify.overfit16", "sanity check: overfit 16 sequences, exit 0 if recon <= 0.2x"),
-    "verify-prefix-lm": ("src.commands.verify.prefix_lm", "downstream proxy: a small LM reads glosses off the tokens, vs 2 controls"),
-    "eval-rvq": ("src.commands.eval.rvq", "evaluate a checkpoint: errors in px, oracles, smoothness, codebooks, speed"),
-    "eval-signs": ("src.commands.eval.signs", "recognition probe: the sign from the tokens on unseen signers, vs the pose"),
-    "eval-rd": ("src.commands.eval.rd", "rate-distortion report of several checkpoints: table and plot of px vs tokens/s"),
-    "export-tokens": ("src.commands.infer.export_tokens", "export sign tokens as JSONL with RLE and LLM templates"),
-    "viz-recon": ("src.commands.viz.recon", "render original vs reconstructed skeleton (GIF/MP4/PNG)"),
-    "viz-tokens": ("src.commands.viz.tokens", "plot token timelines and codebook usage"),
-    "stream": ("src.commands.infer.stream", "tokenize a .npy or .pose file frame by frame, as a live stream"),
-    "bench": ("src.commands.eval.bench", "measure streaming latency, throughput, training speed, data loading"),
+# name -> module with build_parser(), run(args) and main(argv); its docstring's first line
+# ("name: summary") is the summary --help lists
+COMMANDS: dict[str, str] = {
+    "demo": "src.commands.demo.main",
+    "data-synth": "src.commands.data.synth",
+    "data-check": "src.commands.data.check",
+    "data-import": "src.commands.data.import_pose",
+    "data-pack": "src.commands.data.pack",
+    "train-rvq": "src.commands.train.rvq",
+    "train-rvq-ddp": "src.commands.train.rvq_ddp",
+    "verify-overfit16": "src.commands.verify.overfit16",
+    "verify-prefix-lm": "src.commands.verify.prefix_lm",
+    "eval-rvq": "src.commands.eval.rvq",
+    "eval-signs": "src.commands.eval.signs",
+    "eval-rd": "src.commands.eval.rd",
+    "export-tokens": "src.commands.infer.export_tokens",
+    "viz-recon": "src.commands.viz.recon",
+    "viz-tokens": "src.commands.viz.tokens",
+    "stream": "src.commands.infer.stream",
+    "bench": "src.commands.eval.bench",
 }
+
+
+def summary(module: str) -> str:
+    """The first line of a command module's docstring without its "name: ", read without
+    importing the module (help stays free of torch)."""
+    spec = importlib.util.find_spec(module)
+    doc = ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))) or ""
+    return doc.split("\n", 1)[0].split(": ", 1)[-1].rstrip(".")
 
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: python run.py <command> [options]   (python run.py <command> --help for its options)",
              "", "commands:"]
-    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {summary(module)}" for name, module in COMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -50,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
         print(f"run.py: unknown command '{name}'.{hint} See python run.py --help.", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    module = importlib.import_module(COMMANDS[name])
     return module.main(rest)
 
 

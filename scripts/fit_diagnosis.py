@@ -31,7 +31,7 @@ from src.data import keypoints as kp  # noqa: E402
 from src.data.dataset import PoseDataset, collate  # noqa: E402
 from src.inference import load_tokenizer  # noqa: E402
 from src.metrics.evaluate import chunk_units  # noqa: E402
-from src.metrics.recon import chunk_mean_oracle, mpjpe_sums  # noqa: E402
+from src.metrics.pixel_error import chunk_mean_oracle, mpjpe_sums  # noqa: E402
 from src.models.quantizer import kmeans, sq_distances  # noqa: E402
 
 

@@ -29,7 +29,7 @@ from src.config import Config  # noqa: E402
 from src.data import keypoints as kp  # noqa: E402
 from src.data.dataset import PoseDataset, collate  # noqa: E402
 from src.metrics.evaluate import chunk_units  # noqa: E402
-from src.metrics.recon import mpjpe_sums  # noqa: E402
+from src.metrics.pixel_error import mpjpe_sums  # noqa: E402
 from src.models.quantizer import kmeans, sq_distances  # noqa: E402
 from src.runtime import set_threads  # noqa: E402
 

@@ -85,6 +85,21 @@ def apply_threads(threads: int | None) -> int:
     return set_threads(threads or 0)
 
 
+class UsageError(ValueError):
+    """Arguments of a command that do not fit together: reported as argparse reports a bad
+    argument (the usage line, the message, exit status 2)."""
+
+
+def run_command(p: argparse.ArgumentParser, fn: Callable[[argparse.Namespace], int | None],
+                argv: list[str] | None = None) -> int:
+    """Every command's ``main``: ``argv`` parsed by ``p``, then ``fn(args)`` inside :func:`run`."""
+    args = p.parse_args(argv)
+    try:
+        return run(lambda: fn(args))
+    except UsageError as e:
+        p.error(str(e))
+
+
 def run(fn: Callable[[], int | None]) -> int:
     """Run a command body; known input errors print one line (file and fix) and exit 2."""
     from src.data.source import DataError

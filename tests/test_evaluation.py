@@ -159,7 +159,7 @@ def test_truth_in_input_frame_maps_through_pixels(raw, tiny, reference):
 
 
 def test_sequence_mean_oracle_is_exact_on_poses_still_within_each_sequence(report):
-    from src.metrics.recon import sequence_mean_oracle
+    from src.metrics.pixel_error import sequence_mean_oracle
 
     g = torch.Generator().manual_seed(0)
     poses = torch.randn(2, 1, 1, kp.NUM_STREAM_POINTS, 2, generator=g)      # one pose per sequence

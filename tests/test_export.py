@@ -28,7 +28,7 @@ from src.pipelines.export import export_config, export_tokens, llm_paths
 from src.tokens.select import adaptive_depths, unchanged_chunks
 from src.tokens.sequence import TokenSettings, sequence_record
 from src.viz import skeleton, token_report
-from src.viz.recon import reconstruct
+from src.viz.compare import reconstruct
 from src.viz.token_report import record_code_counts
 
 SPEC_KEYS = {"video_name", "fps", "chunk_len", "tokens", "rle", "template", "meta", "text"}
@@ -388,7 +388,7 @@ def test_load_tokenizer_codes_fewer_levels_on_request(tiny_checkpoint):
 def test_eval_and_export_agree_on_token_rates_and_codebook_use(model_cfg):
     """One definition per figure: eval-rvq's lossless and thresholded token rates are what the
     export writes with that RLE, and its codebook use is the export's raw code counts."""
-    from src.metrics.codebook import usage_stats
+    from src.metrics.codebook_health import usage_stats
     from src.metrics.report import evaluation_report, token_rates
 
     model, cfg = model_cfg

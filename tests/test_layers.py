@@ -23,7 +23,7 @@ def ranks() -> dict[str, int]:
 
 
 def unit(module: str) -> str:
-    """src.metrics.recon -> metrics; src.config -> config (a package or a top-level module)."""
+    """src.metrics.pixel_error -> metrics; src.config -> config (a package or a top-level module)."""
     return module.split(".")[1]
 
 
@@ -77,3 +77,18 @@ def test_the_checks_see_an_upward_import():
     rank = ranks()
     assert rank["metrics"] < rank["train"] < rank["pipelines"] < rank["commands"]
     assert any(unit(t) == "metrics" for t in imports()["src.train.loop"])
+
+
+def test_every_command_has_one_shape_and_its_summary_in_its_docstring():
+    """build_parser(), run(args) and main(argv) in every command module; run.py's summary is
+    the first line of the module's docstring, which starts with the command's name."""
+    import importlib
+
+    import run
+
+    for name, module_name in run.COMMANDS.items():
+        module = importlib.import_module(module_name)
+        assert all(callable(getattr(module, f, None)) for f in ("build_parser", "run", "main")), module_name
+        assert module.__doc__.startswith(f"{name}: "), module_name
+        assert module.build_parser().prog.endswith(name)
+        assert run.summary(module_name) in run.usage()

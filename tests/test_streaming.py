@@ -16,7 +16,7 @@ from src.data.dataset import collate, make_sample
 from src.data.source import DataError
 from src.inference import PackedLinear, bf16_weights, can_prepack, load_tokenizer, precision_context, to_pixels
 from src.metrics.evaluate import chunk_units
-from src.metrics.recon import point_error_px
+from src.metrics.pixel_error import point_error_px
 from src.metrics.temporal import timeline_px
 from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer

@@ -17,9 +17,9 @@ from src.data import keypoints as kp
 from src.data.dataset import Batch
 from src.hardware import bf16_supported
 from src.losses import compute_losses, to_timeline
-from src.metrics.codebook import code_counts, code_label, usage_stats
+from src.metrics.codebook_health import code_counts, code_label, usage_stats
 from src.metrics.holds import annotated_hold_chunks, hold_token_sums, motion_hold_chunks
-from src.metrics.recon import chunk_linear_oracle, chunk_mean_oracle, mpjpe_sums, sequence_mean_oracle
+from src.metrics.pixel_error import chunk_linear_oracle, chunk_mean_oracle, mpjpe_sums, sequence_mean_oracle
 from src.metrics.temporal import adjacent_chunk_changes, boundary_jump_sums, frame_motion_sums, timeline_px
 from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer

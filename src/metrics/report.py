@@ -11,7 +11,7 @@ import torch
 from src.data import keypoints as kp
 from src.data.dataset import PoseDataset, make_loader
 from src.data.source import read_json
-from src.metrics.codebook import first_level_min
+from src.metrics.codebook_health import first_level_min
 from src.metrics.evaluate import evaluate
 from src.metrics.holds import frames_from_ranges
 

@@ -11,14 +11,14 @@ from src.data.keypoints import STREAM_NAMES
 from src.data.source import read_json
 from src.data.synth import synthetic_marker, write_synthetic_dataset
 from src.inference import load_tokenizer
-from src.metrics.codebook import first_level_min
+from src.metrics.codebook_health import first_level_min
 from src.metrics.report import ORACLE_GAIN, check_lines, evaluation_report, failed_checks, token_rates
 from src.pipelines.export import export_tokens, token_settings, write_llm_files
 from src.tokens.records import write_jsonl_atomic
 from src.distributed import pick_device
 from src.train.loop import train
 from src.files import write_json
-from src.viz.recon import reconstruct, render_recon
+from src.viz.compare import reconstruct, render_recon
 from src.viz.token_report import write_token_plots
 
 log = logging.getLogger("signstream.demo")

@@ -19,7 +19,7 @@ from src.data.keypoints import STREAM_NAMES
 from src.data.source import DataError, split_names
 from src.hardware import resolve_precision
 from src.inference import Tokenized, tokenize
-from src.metrics.codebook import code_counts
+from src.metrics.codebook_health import code_counts
 from src.models.tokenizer import SignTokenizer
 from src.tokens.records import validate_record, write_jsonl_atomic
 from src.tokens.select import adaptive_depths, unchanged_chunks

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from src.config import Config
 from src.data.source import read_json, split_names
-from src.metrics.codebook import first_level_min
+from src.metrics.codebook_health import first_level_min
 from src import distributed
 from src.train.loop import Trainer
 

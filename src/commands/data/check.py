@@ -1,21 +1,21 @@
-"""`run.py data-check`: validate a CSL-Daily-layout root and print its statistics.
+"""data-check: validate a CSL-Daily-layout root and print its statistics.
 
 Exit status 0 when the root is usable for training (at least one usable train sequence;
-warnings are printed but allowed), 2 when it is not, with what is wrong, where, and the fix.
-"""
+warnings are printed but allowed), 2 when it is not, with what is wrong, where, and the fix."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 
-from src import cli
+from src.cli import parser, run_command
 from src.config import DataConfig
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     d = DataConfig()
-    p = cli.parser("data-check", "Validate a CSL-Daily-layout root (layout, per-file arrays, splits, "
-                                 "confident keypoints, pack) and print a report.")
+    p = parser("data-check", "Validate a CSL-Daily-layout root (layout, per-file arrays, splits, "
+                             "confident keypoints, pack) and print a report.")
     p.add_argument("--root", required=True, help="dataset folder in the CSL-Daily layout")
     p.add_argument("--split-file", default=d.split_file, help="split file, relative to the root")
     p.add_argument("--annotation-file", default=d.annotation_file, help="annotations, relative to the root")
@@ -32,27 +32,28 @@ def build_parser():
     return p
 
 
+def run(args: argparse.Namespace) -> int:
+    """The command itself, inside the error boundary of :func:`src.cli.run_command`."""
+
+    from src.data.check import check_root, format_report
+    from src.files import write_json
+
+    cfg = dataclasses.replace(
+        DataConfig(), root=args.root, split_file=args.split_file, annotation_file=args.annotation_file,
+        pose_dir=args.pose_dir, pack_dir=args.pack_dir, conf_thresh=args.conf_thresh,
+        min_frames=args.min_frames, min_valid_frac=args.min_valid_frac, source_fps=args.fps)
+    report = check_root(args.root, cfg, max_files=args.max_files, progress=True)
+    print(format_report(report, errors=False))
+    if args.json:
+        write_json(args.json, report)
+        print(f"report written to {args.json}")
+    for error in report["errors"]:
+        print(f"error: {error}", file=sys.stderr)
+    return 0 if report["usable"] else 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-
-    def body() -> int:
-        from src.data.check import check_root, format_report
-        from src.files import write_json
-
-        cfg = dataclasses.replace(
-            DataConfig(), root=args.root, split_file=args.split_file, annotation_file=args.annotation_file,
-            pose_dir=args.pose_dir, pack_dir=args.pack_dir, conf_thresh=args.conf_thresh,
-            min_frames=args.min_frames, min_valid_frac=args.min_valid_frac, source_fps=args.fps)
-        report = check_root(args.root, cfg, max_files=args.max_files, progress=True)
-        print(format_report(report, errors=False))
-        if args.json:
-            write_json(args.json, report)
-            print(f"report written to {args.json}")
-        for error in report["errors"]:
-            print(f"error: {error}", file=sys.stderr)
-        return 0 if report["usable"] else 2
-
-    return cli.run(body)
+    return run_command(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

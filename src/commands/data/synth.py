@@ -1,11 +1,11 @@
-"""`run.py data-synth`: write a synthetic signer dataset in the CSL-Daily layout."""
+"""data-synth: write a synthetic signer dataset in the CSL-Daily layout."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
 
-from src.cli import run
+from src.cli import UsageError, run_command
 from src.data.synth import write_synthetic_dataset
 
 
@@ -23,25 +23,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Write the dataset and print a one-line summary."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """The command itself, inside the error boundary of :func:`src.cli.run_command`."""
     if args.num < 0 or args.seed < 0:
-        parser.error("--num and --seed must be >= 0")
+        raise UsageError("--num and --seed must be >= 0")
 
-    def body() -> int:
-        try:
-            counts = write_synthetic_dataset(args.out, args.num, args.seed, args.min_frames, args.max_frames)
-        except ValueError as err:
-            parser.error(str(err))
-        annotations = json.loads((args.out / "annotations.json").read_text(encoding="utf-8"))
-        frames = sum(a["num_frames"] for a in annotations.values())
-        splits = ", ".join(f"{name} {n}" for name, n in counts.items())
-        print(f"wrote {len(annotations)} sequences to {args.out} ({splits}; {frames} frames)")
-        return 0
+    try:
+        counts = write_synthetic_dataset(args.out, args.num, args.seed, args.min_frames, args.max_frames)
+    except ValueError as err:
+        raise UsageError(str(err))
+    annotations = json.loads((args.out / "annotations.json").read_text(encoding="utf-8"))
+    frames = sum(a["num_frames"] for a in annotations.values())
+    splits = ", ".join(f"{name} {n}" for name, n in counts.items())
+    print(f"wrote {len(annotations)} sequences to {args.out} ({splits}; {frames} frames)")
+    return 0
 
-    return run(body)
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

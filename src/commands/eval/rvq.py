@@ -1,15 +1,19 @@
-"""eval-rvq: evaluate a checkpoint on a split: errors in pixels next to the chunk oracles,
+"""eval-rvq: evaluate a checkpoint: errors in px, oracles, smoothness, codebooks, speed.
+
+Evaluate a checkpoint on a split: errors in pixels next to the chunk oracles,
 temporal smoothness, codebook health, token rates, codes on holds, speed, and optionally
 the errors under controlled shifts of the input."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 
-from src.cli import add_checkpoint_arg, add_threads_arg, apply_threads, checkpoint_path, parser, run
+from src.cli import UsageError, add_checkpoint_arg, add_threads_arg, apply_threads, checkpoint_path, parser, run_command
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments."""
     p = parser("eval-rvq", __doc__.split(":", 1)[1].strip())
     add_checkpoint_arg(p)
     p.add_argument("--root", help="data root (default: the one the checkpoint was trained on)")
@@ -30,70 +34,75 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--causal", choices=("checkpoint", "off", "on", "both"), default="checkpoint",
                    help="preprocessing: the checkpoint's data.causal, offline, causal, or both side by side")
     add_threads_arg(p, from_config=False)
-    args = p.parse_args(argv)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command itself, inside the error boundary of :func:`src.cli.run_command`."""
     if args.shifts and args.causal == "both":
-        p.error("--shifts evaluates one preprocessing mode: use --causal off or on with it")
+        raise UsageError("--shifts evaluates one preprocessing mode: use --causal off or on with it")
     if args.shifts:
         from src.metrics.shifts import select
         try:
             select(args.shifts)  # a typo fails here, before the evaluation
         except ValueError as e:
-            p.error(f"--shifts: {e}")
+            raise UsageError(f"--shifts: {e}")
 
-    def body() -> int:
-        checkpoint_path(args)
-        apply_threads(args.threads)
-        from pathlib import Path
+    checkpoint_path(args)
+    apply_threads(args.threads)
+    from pathlib import Path
 
-        from src.inference import load_tokenizer, parse_levels
-        from src.metrics.report import evaluation_report, failed_checks, table
-        from src.metrics.shifts import select, shift_markdown, shift_report
-        from src.distributed import pick_device
-        from src.files import atomic_path, write_json
+    from src.inference import load_tokenizer, parse_levels
+    from src.metrics.report import evaluation_report, failed_checks, table
+    from src.metrics.shifts import select, shift_markdown, shift_report
+    from src.distributed import pick_device
+    from src.files import atomic_path, write_json
 
-        shifts = select(args.shifts) if args.shifts else []
-        device = pick_device(args.device)
-        levels = parse_levels(args.levels)
-        model, cfg = load_tokenizer(args.checkpoint, device, levels)
-        if args.root:
-            cfg.data.root = args.root
-        if args.rle_threshold is not None:
-            cfg.export = dataclasses.replace(cfg.export, rle_threshold=args.rle_threshold)
-        modes = {"checkpoint": [cfg.data.causal], "off": [False], "on": [True], "both": [False, True]}[args.causal]
-        reports = {}
-        for causal in modes:
-            cfg.data = dataclasses.replace(cfg.data, causal=causal)
-            name = "causal" if causal else "offline"
-            reports[name] = {"checkpoint": args.checkpoint, "causal": causal,
-                             **evaluation_report(model, cfg, args.split, device, args.batch_size,
-                                                 hold_motion_px=args.hold_motion_px)}
-            print(f"== {name} preprocessing ==\n{table(reports[name])}" if len(modes) > 1 else table(reports[name]))
-        report = reports if len(modes) > 1 else next(iter(reports.values()))
-        if len(modes) > 1:
-            print(side_by_side(reports["offline"], reports["causal"]))
+    shifts = select(args.shifts) if args.shifts else []
+    device = pick_device(args.device)
+    levels = parse_levels(args.levels)
+    model, cfg = load_tokenizer(args.checkpoint, device, levels)
+    if args.root:
+        cfg.data.root = args.root
+    if args.rle_threshold is not None:
+        cfg.export = dataclasses.replace(cfg.export, rle_threshold=args.rle_threshold)
+    modes = {"checkpoint": [cfg.data.causal], "off": [False], "on": [True], "both": [False, True]}[args.causal]
+    reports = {}
+    for causal in modes:
+        cfg.data = dataclasses.replace(cfg.data, causal=causal)
+        name = "causal" if causal else "offline"
+        reports[name] = {"checkpoint": args.checkpoint, "causal": causal,
+                         **evaluation_report(model, cfg, args.split, device, args.batch_size,
+                                             hold_motion_px=args.hold_motion_px)}
+        print(f"== {name} preprocessing ==\n{table(reports[name])}" if len(modes) > 1 else table(reports[name]))
+    report = reports if len(modes) > 1 else next(iter(reports.values()))
+    if len(modes) > 1:
+        print(side_by_side(reports["offline"], reports["causal"]))
+    if shifts:
+        report["shifts"] = shift_report(model, cfg, args.split, device, report, shifts, args.batch_size)
+        markdown = shift_markdown(report["shifts"])
+        print("\ncontrolled shifts\n" + markdown)
+    if args.out:
+        write_json(args.out, report)
+        print(f"report: {args.out}")
         if shifts:
-            report["shifts"] = shift_report(model, cfg, args.split, device, report, shifts, args.batch_size)
-            markdown = shift_markdown(report["shifts"])
-            print("\ncontrolled shifts\n" + markdown)
-        if args.out:
-            write_json(args.out, report)
-            print(f"report: {args.out}")
-            if shifts:
-                md = Path(args.out).with_suffix(".shifts.md")
-                with atomic_path(md) as tmp:
-                    tmp.write_text(markdown)
-                print(f"shifts table: {md}")
-        # --causal both: the checks of each preprocessing mode count
-        checked = reports if len(modes) > 1 else {"": report}
-        failed = [f"{mode} {name}".strip() for mode, rep in checked.items() for name in failed_checks(rep["checks"])]
-        if args.strict and failed:
-            total = sum(len(rep["checks"]) for rep in checked.values())
-            print(f"error: {len(failed)} of {total} checks failed ({', '.join(failed)}); exit status 1 (--strict)",
-                  file=sys.stderr)
-            return 1
-        return 0
+            md = Path(args.out).with_suffix(".shifts.md")
+            with atomic_path(md) as tmp:
+                tmp.write_text(markdown)
+            print(f"shifts table: {md}")
+    # --causal both: the checks of each preprocessing mode count
+    checked = reports if len(modes) > 1 else {"": report}
+    failed = [f"{mode} {name}".strip() for mode, rep in checked.items() for name in failed_checks(rep["checks"])]
+    if args.strict and failed:
+        total = sum(len(rep["checks"]) for rep in checked.values())
+        print(f"error: {len(failed)} of {total} checks failed ({', '.join(failed)}); exit status 1 (--strict)",
+              file=sys.stderr)
+        return 1
+    return 0
 
-    return run(body)
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), run, argv)
 
 
 def side_by_side(offline: dict, causal: dict) -> str:

@@ -1,12 +1,15 @@
-"""export-tokens: export sign tokens of a split as JSONL (per chunk, stream and level), with
+"""export-tokens: export sign tokens as JSONL with RLE and LLM templates.
+
+Export sign tokens of a split as JSONL (per chunk, stream and level), with
 run-length NC compression and LLM templates."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 import tempfile
 
-from src.cli import add_checkpoint_arg, add_threads_arg, apply_threads, checkpoint_path, parser, run
+from src.cli import UsageError, add_checkpoint_arg, add_threads_arg, apply_threads, checkpoint_path, parser, run_command
 
 EPILOG = """The model and its data processing come from the checkpoint. --config and key=value
 overrides may change only export.* (enable_rle, rle_threshold, max_run, max_chunks,
@@ -15,7 +18,8 @@ data.annotation_file, data.pose_dir, data.pack_dir); other keys of --config are 
 other overrides are an error. Whole sequences are exported (data.max_frames is ignored)."""
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments."""
     p = parser("export-tokens", __doc__.split(":", 1)[1].strip())
     p.epilog = EPILOG
     add_checkpoint_arg(p)
@@ -37,50 +41,55 @@ def main(argv: list[str] | None = None) -> int:
     add_threads_arg(p, from_config=False)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="export.* or data location overrides, e.g. export.rle_threshold=0.2")
-    args = p.parse_args(argv)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command itself, inside the error boundary of :func:`src.cli.run_command`."""
     if args.texts and not args.input:
-        p.error("--texts goes with --input (a root's texts are in its annotations.json)")
+        raise UsageError("--texts goes with --input (a root's texts are in its annotations.json)")
     if args.num_samples < 0 or args.batch_size < 1:
-        p.error("--num-samples must be >= 0 and --batch-size >= 1")
+        raise UsageError("--num-samples must be >= 0 and --batch-size >= 1")
 
-    def body() -> int:
-        checkpoint_path(args)
-        apply_threads(args.threads)
-        from src.config import ConfigError
-        from src.inference import load_tokenizer
-        from src.pipelines.export import export_config, export_tokens, summary_lines, token_settings, write_llm_files
-        from src.tokens.records import write_jsonl_atomic
-        from src.distributed import pick_device
+    checkpoint_path(args)
+    apply_threads(args.threads)
+    from src.config import ConfigError
+    from src.inference import load_tokenizer
+    from src.pipelines.export import export_config, export_tokens, summary_lines, token_settings, write_llm_files
+    from src.tokens.records import write_jsonl_atomic
+    from src.distributed import pick_device
 
-        try:
-            device = pick_device(args.device)
-        except RuntimeError as e:
-            raise ConfigError(str(e)) from None
-        model, ckpt_cfg = load_tokenizer(args.checkpoint, device)
-        with tempfile.TemporaryDirectory() as tmp:
-            root, split = args.root, args.split
-            if args.input:
-                root, split = _import_inputs(args.input, tmp, args.texts)
-            cfg = export_config(ckpt_cfg, args.config, args.overrides, root)
-            if args.input:  # the temporary root has the default layout names
-                cfg.data = dataclasses.replace(cfg.data, split_file="split_files.json", pose_dir="frames_512x512",
-                                               annotation_file="annotations.json", pack_dir="")
-            records, stats, failures = export_tokens(model, cfg, split, 0 if args.input else args.num_samples,
-                                                     args.checkpoint, device, args.batch_size)
-        for line in summary_lines(stats, failures):
-            print(line)
-        if not records:
-            print("error: no sequence could be exported; nothing written", file=sys.stderr)
-            return 1
-        write_jsonl_atomic(args.out, records)
-        print(f"wrote {args.out} ({len(records)} lines)")
-        if args.to_llm:
-            vocab, llm, n = write_llm_files(records, args.out, token_settings(cfg))
-            untexted = f", {len(records) - n} without text left out" if n < len(records) else ""
-            print(f"wrote {vocab} (vocabulary) and {llm} ({n} LLM lines{untexted})")
-        return 0
+    try:
+        device = pick_device(args.device)
+    except RuntimeError as e:
+        raise ConfigError(str(e)) from None
+    model, ckpt_cfg = load_tokenizer(args.checkpoint, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        root, split = args.root, args.split
+        if args.input:
+            root, split = _import_inputs(args.input, tmp, args.texts)
+        cfg = export_config(ckpt_cfg, args.config, args.overrides, root)
+        if args.input:  # the temporary root has the default layout names
+            cfg.data = dataclasses.replace(cfg.data, split_file="split_files.json", pose_dir="frames_512x512",
+                                           annotation_file="annotations.json", pack_dir="")
+        records, stats, failures = export_tokens(model, cfg, split, 0 if args.input else args.num_samples,
+                                                 args.checkpoint, device, args.batch_size)
+    for line in summary_lines(stats, failures):
+        print(line)
+    if not records:
+        print("error: no sequence could be exported; nothing written", file=sys.stderr)
+        return 1
+    write_jsonl_atomic(args.out, records)
+    print(f"wrote {args.out} ({len(records)} lines)")
+    if args.to_llm:
+        vocab, llm, n = write_llm_files(records, args.out, token_settings(cfg))
+        untexted = f", {len(records) - n} without text left out" if n < len(records) else ""
+        print(f"wrote {vocab} (vocabulary) and {llm} ({n} LLM lines{untexted})")
+    return 0
 
-    return run(body)
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), run, argv)
 
 
 def _import_inputs(paths: list[str], tmp: str, texts: str | None) -> tuple[str, str]:

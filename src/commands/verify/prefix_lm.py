@@ -1,13 +1,16 @@
-"""verify-prefix-lm: train a small causal LM on `sign tokens <SEP> text` and score greedy decoding
+"""verify-prefix-lm: downstream proxy: a small LM reads glosses off the tokens, vs 2 controls.
+
+Train a small causal LM on `sign tokens <SEP> text` and score greedy decoding
 against two controls (shuffled tokens, another video's tokens)."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
 from pathlib import Path
 
-from src.cli import checkpoint_path, parser, run
+from src.cli import UsageError, checkpoint_path, parser, run_command
 
 EPILOG = """With --checkpoint, a fresh synthetic signer set (other seeds than the demo's) is
 tokenized and the target is each video's gloss sequence; the videos of --holdout-signers are
@@ -17,7 +20,8 @@ tokenizers (pip install transformers tokenizers); runs on the CPU. Exit status 0
 tokens beat both controls by --min-margin on the held-out videos, 1 otherwise."""
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments."""
     p = parser("verify-prefix-lm", __doc__.split(":", 1)[1].strip())
     p.epilog = EPILOG
     src = p.add_mutually_exclusive_group()
@@ -51,41 +55,46 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-margin", type=float, default=0.1,
                    help="error-rate margin over both controls needed to pass")
     p.add_argument("--out", default="exports/prefix_lm", help="folder for prefix_lm.json and prefix_lm_loss.png")
-    args = p.parse_args(argv)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command itself, inside the error boundary of :func:`src.cli.run_command`."""
     if args.val_tokens and not args.tokens:
-        p.error("--val-tokens needs --tokens")
+        raise UsageError("--val-tokens needs --tokens")
     if not 0 < args.val_frac < 1 or args.steps < 1 or args.num < 10 or args.max_codes < 0:
-        p.error("need 0 < --val-frac < 1, --steps >= 1, --num >= 10 and --max-codes >= 0")
+        raise UsageError("need 0 < --val-frac < 1, --steps >= 1, --num >= 10 and --max-codes >= 0")
 
-    def body() -> int:
-        if not args.tokens:
-            checkpoint_path(args)
-        from src.config import ConfigError
-        from src.pipelines import prefix_lm as pl
-        from src.tokens.llm import require_hf
+    if not args.tokens:
+        checkpoint_path(args)
+    from src.config import ConfigError
+    from src.pipelines import prefix_lm as pl
+    from src.tokens.llm import require_hf
 
-        try:
-            require_hf()
-        except ImportError as e:
-            raise ConfigError(f"verify-prefix-lm: {e}") from None
-        try:
-            vocab, train, evals, unit, notes = (_synthetic(args) if args.checkpoint else _from_files(args))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        settings = pl.LMSettings(args.layers, args.width, args.heads, args.steps, args.batch_size, args.lr,
-                                 max(1, args.steps // 10), args.seed, args.prefix_weight)
-        tokenizer = pl.make_tokenizer(vocab, train)
-        print(f"sign vocabulary: {len(vocab.tokens())} tokens (codebook {vocab.codebook_size}, codes per "
-              f"chunk {vocab.codes_per_stream}, NC runs up to {vocab.max_run}); tokenizer {len(tokenizer)} ids")
-        for line in notes:
-            print(line)
-        results = {}
-        for condition in pl.CONDITIONS:
-            results[condition] = pl.run_condition(tokenizer, train, evals, condition, settings)
-            print(f"  trained on {condition}: {results[condition].seconds:.0f} s", flush=True)
-        return _report(args, pl, results, settings, unit, len(train), evals)
+    try:
+        require_hf()
+    except ImportError as e:
+        raise ConfigError(f"verify-prefix-lm: {e}") from None
+    try:
+        vocab, train, evals, unit, notes = (_synthetic(args) if args.checkpoint else _from_files(args))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    settings = pl.LMSettings(args.layers, args.width, args.heads, args.steps, args.batch_size, args.lr,
+                             max(1, args.steps // 10), args.seed, args.prefix_weight)
+    tokenizer = pl.make_tokenizer(vocab, train)
+    print(f"sign vocabulary: {len(vocab.tokens())} tokens (codebook {vocab.codebook_size}, codes per "
+          f"chunk {vocab.codes_per_stream}, NC runs up to {vocab.max_run}); tokenizer {len(tokenizer)} ids")
+    for line in notes:
+        print(line)
+    results = {}
+    for condition in pl.CONDITIONS:
+        results[condition] = pl.run_condition(tokenizer, train, evals, condition, settings)
+        print(f"  trained on {condition}: {results[condition].seconds:.0f} s", flush=True)
+    return _report(args, pl, results, settings, unit, len(train), evals)
 
-    return run(body)
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), run, argv)
 
 
 def _synthetic(args):

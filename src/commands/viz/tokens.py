@@ -1,11 +1,15 @@
-"""viz-tokens: plot token timelines (one PNG per video) and codebook usage, from an exported
+"""viz-tokens: plot token timelines and codebook usage.
+
+Plot token timelines (one PNG per video) and codebook usage, from an exported
 JSONL file or straight from a checkpoint."""
 from __future__ import annotations
 
-from src.cli import add_threads_arg, apply_threads, parser, run
+import argparse
+from src.cli import UsageError, add_threads_arg, apply_threads, parser, run_command
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command's arguments."""
     p = parser("viz-tokens", __doc__.split(":", 1)[1].strip())
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--tokens", default=None, help="JSONL written by export-tokens")
@@ -18,24 +22,29 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --checkpoint: first N sequences; 0 = all")
     p.add_argument("--device", default="cpu", help="with --checkpoint: cpu | cuda")
     add_threads_arg(p, from_config=False)  # with --checkpoint
-    args = p.parse_args(argv)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command itself, inside the error boundary of :func:`src.cli.run_command`."""
     if args.max_records < 0 or args.num_samples < 0:
-        p.error("--max-records and --num-samples must be >= 0")
+        raise UsageError("--max-records and --num-samples must be >= 0")
 
-    def body() -> int:
-        from src.data.source import DataError
-        from src.viz.token_report import write_token_plots
+    from src.data.source import DataError
+    from src.viz.token_report import write_token_plots
 
-        records, raw_counts = (_from_file(args.tokens), None) if args.tokens else _from_checkpoint(args)
-        try:
-            paths = write_token_plots(records, args.out, args.max_records, raw_counts=raw_counts)
-        except ValueError as e:
-            raise DataError(f"{args.tokens or args.checkpoint}: {e}") from None
-        for path in paths:
-            print(f"wrote {path}")
-        return 0
+    records, raw_counts = (_from_file(args.tokens), None) if args.tokens else _from_checkpoint(args)
+    try:
+        paths = write_token_plots(records, args.out, args.max_records, raw_counts=raw_counts)
+    except ValueError as e:
+        raise DataError(f"{args.tokens or args.checkpoint}: {e}") from None
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
 
-    return run(body)
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), run, argv)
 
 
 def _from_file(path: str) -> list[dict]:

@@ -13,7 +13,7 @@ from src.data.dataset import PoseDataset, require_root
 from src.data.keypoints import STREAM_NAMES
 from src.data.source import DataError, read_splits
 from src.inference import frame_units, tokenize, to_pixels
-from src.metrics.recon import mpjpe_sums
+from src.metrics.pixel_error import mpjpe_sums
 from src.models.tokenizer import SignTokenizer
 from src.viz.skeleton import render_comparison
 
