@@ -15,7 +15,6 @@ import torch
 from src.config import Config, ConfigError
 from src.data import keypoints as kp
 from src.data.dataset import collate
-from src.data.pose import denormalise, flat_values, rotate, to_rows
 from src.hardware import cpu_caps
 from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer
@@ -36,7 +35,7 @@ def load_tokenizer(path: str | Path, device: str | torch.device = "cpu",
         if trained is None or not 1 <= levels <= min(trained, cfg.model.rvq.levels):
             raise ConfigError(f"{path}: stream {name} can code 1..{trained} levels, not {levels}")
         cfg.model.rvq.stream_levels[name] = levels
-    model = SignTokenizer(cfg.model, cfg.data.chunk_len)
+    model = SignTokenizer.from_config(cfg)
     load_model_state(model, state["model"], path)
     return model.to(device).eval(), cfg
 
@@ -153,32 +152,4 @@ def tokenize(model: SignTokenizer, samples: list[dict], device: str | torch.devi
         out.append(Tokenized(sample["name"], codes[rows].cpu().numpy(), residuals[rows].cpu().numpy(),
                              recon[rows].cpu().numpy(), sample))
         start += n
-    return out
-
-
-def frame_units(sample: dict, num_chunks: int) -> torch.Tensor:
-    """The sample's unit for the metrics: (num_chunks,) per sequence, or (C, L) per frame."""
-    unit = sample["unit"]
-    return torch.from_numpy(np.asarray(unit, np.float32)) if np.ndim(unit) else torch.full((num_chunks,), float(unit))
-
-
-def to_pixels(local: np.ndarray, sample: dict, stream: str = "parts") -> np.ndarray:
-    """Chunked local coordinates (C, L, P, 2) -> a pose file array (T, 134, 3) in pixels.
-
-    Mapped back with the sample's true centres, unit, roll angle and reference; score 1 where
-    the source point was observed, 0 elsewhere (so drawings skip what was never seen).
-    """
-    t = int(sample["num_frames"])
-    flat = (local + sample["reference"][:, None]).reshape(-1, kp.NUM_STREAM_POINTS, 2)[:t]
-    centres = sample["centres"].reshape(-1, len(kp.STREAMS), 2)[:t]
-    size = tuple(float(v) for v in sample["size"])
-    # a per-frame unit or angle (causal mode) covers the padded frames too: keep the real ones
-    unit, angle = flat_values(sample["unit"]), flat_values(sample.get("angle", 0.0))
-    unit, angle = (v[:t] if np.ndim(v) else v for v in (unit, angle))
-    points = rotate(denormalise(flat, centres, unit), angle, size)
-    xy = to_rows(points, stream)
-    seen = to_rows(np.repeat(sample["conf"].reshape(-1, kp.NUM_STREAM_POINTS)[:t, :, None], 2, axis=-1)
-                   .astype(np.float32), stream)[..., 0]
-    out = np.concatenate([xy, seen[..., None]], axis=-1)
-    out[:, kp.SIZE_ROW] = (*sample["size"], 0.0)
     return out

@@ -22,9 +22,10 @@ import torch
 from src.config import Config
 from src.data import keypoints as kp
 from src.data.causal import CausalCleaner, CausalFrames, causal_centres, concat_frames
-from src.data.pose import chunk, normalise, subtract_references
+from src.data.pose import chunk
+from src.data.sample import local_chunks, to_pixels
 from src.hardware import resolve_precision
-from src.inference import bf16_weights, load_tokenizer, precision_context, shared_copy, to_pixels
+from src.inference import bf16_weights, load_tokenizer, precision_context, shared_copy
 from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer
 from src.tokens.rle import NC
@@ -285,14 +286,13 @@ class StreamingTokenizer:
         return out
 
     def _chunk(self, frames: CausalFrames) -> ChunkTokens:
-        """Normalise one chunk's frames exactly as ``make_sample`` does, then ``model.step``."""
+        """One chunk's frames through ``local_chunks`` (as ``make_sample``), then ``model.step``."""
         frames = self.cleaner.to_upright(frames)
         centres = causal_centres(frames.xy, frames.conf, self.seen_rows)
         self.seen_rows |= frames.conf.any(axis=0)
-        x, frame_mask = chunk(normalise(frames.xy, centres, frames.unit), self.chunk_len)
-        conf = chunk(frames.conf[:, kp.STREAM_ROWS], self.chunk_len)[0] & frame_mask[..., None]
-        x, reference, self.reference_state = subtract_references(x, conf, self.cfg.data.reference,
-                                                                 state=self.reference_state)
+        x, conf, _, reference, self.reference_state = local_chunks(
+            frames.xy, frames.conf, centres, frames.unit, self.chunk_len, self.cfg.data.reference,
+            state=self.reference_state)
         codes, decoded = step_chunk(self.step_model, x[0], conf[0], self.context, self.device, self.precision,
                                     decode=self.decode)
         self.context = None if decoded is None else decoded[:, -1]

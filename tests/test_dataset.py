@@ -18,7 +18,8 @@ from src.commands.data.pack import main as pack_main
 from src.config import AugmentConfig, DataConfig
 from src.data import keypoints as kp
 from src.data.check import check_root
-from src.data.dataset import PoseDataset, collate, make_loader, make_sample
+from src.data.dataset import PoseDataset, collate, make_loader
+from src.data.sample import make_sample
 from src.data.pack import write_pack
 from src.data.pose import (
     CleanPose, chunk, clean, denormalise, normalise, num_chunks, rotate, stream_centres, to_rows, unit_length,

@@ -11,7 +11,8 @@ import torch
 
 from src.data import keypoints as kp
 from src.data.pose import rotate
-from src.data.dataset import PoseDataset, make_sample, truth_in_input_frame
+from src.data.dataset import PoseDataset, truth_in_input_frame
+from src.data.sample import make_sample
 from src.data.source import DataError
 from src.data.synth import frame_ranges, synth_sequence_with_holds
 from src.inference import load_tokenizer

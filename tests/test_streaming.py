@@ -12,9 +12,10 @@ import torch
 from src.data import keypoints as kp
 from src.data.causal import CausalCleaner, causal_clean, concat_frames
 from src.data.pose import observed_mask, pair_lengths, shoulder_angles
-from src.data.dataset import collate, make_sample
+from src.data.dataset import collate
+from src.data.sample import local_chunks, make_sample, to_pixels
 from src.data.source import DataError
-from src.inference import PackedLinear, bf16_weights, can_prepack, load_tokenizer, precision_context, to_pixels
+from src.inference import PackedLinear, bf16_weights, can_prepack, load_tokenizer, precision_context
 from src.metrics.evaluate import chunk_units
 from src.metrics.pixel_error import point_error_px
 from src.metrics.temporal import timeline_px
@@ -75,6 +76,31 @@ def test_pieces_equal_whole_equal_causal_offline_path(model_cfg, raw, reference)
     np.testing.assert_array_equal(pieces, offline)
     assert [o.t for o in outs if o.codes is not None] == list(range(len(offline)))
     assert outs[-1].num_frames == len(raw) - (len(offline) - 1) * cfg.data.chunk_len
+
+
+@pytest.mark.parametrize("reference", ["none", "head"])
+def test_stream_builds_the_samples_chunks_with_the_datasets_builder(model_cfg, raw, reference, monkeypatch):
+    """The stream's chunks, built one at a time by ``local_chunks`` with a running reference,
+    are the causal ``make_sample``'s x, conf and reference bit for bit."""
+    from src import streaming
+
+    model, cfg = model_cfg
+    cfg = with_reference(cfg, reference)
+    built = []
+
+    def recording(*args, **kwargs):
+        out = local_chunks(*args, **kwargs)
+        built.append(out)
+        return out
+
+    monkeypatch.setattr(streaming, "local_chunks", recording)
+    stream_codes(StreamingTokenizer(model, cfg), raw, [7, 3, 11])
+    sample = make_sample(raw, causal_cfg(cfg, reference))
+    assert len(built) == len(sample["x"]) > 1
+    for i, (x, conf, _, ref, _) in enumerate(built):
+        np.testing.assert_array_equal(x[0], sample["x"][i])
+        np.testing.assert_array_equal(conf[0], sample["conf"][i])
+        np.testing.assert_array_equal(ref[0], sample["reference"][i])
 
 
 @pytest.mark.parametrize("prepack", [False, True])

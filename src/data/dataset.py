@@ -14,82 +14,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from src.config import DataConfig
-from src.data import keypoints as kp
-from src.data.causal import causal_centres, causal_clean, time_warp_raw
-from src.data.pose import (
-    CleanPose, chunk, clean, denormalise, flat_values, frame_unit, normalise, rotate, stream_centres, subtract_references,
-    unit_length, upright_angle,
-)
+from src.data.pose import denormalise, flat_values, frame_unit, rotate
+from src.data.sample import make_sample
 from src.data.source import DataError, PoseSource, SkipReport, read_json, scan_split, split_names
-from src.data.transforms import keypoint_dropout, mirror, part_dropout, random_crop, time_warp
 
 log = logging.getLogger(__name__)
-
-
-def make_sample(raw: np.ndarray, cfg: DataConfig, rng: np.random.Generator | None = None) -> dict:
-    """One raw ``[T, 134, 3]`` sequence -> chunked local coordinates and masks.
-
-    ``rng`` switches the training augmentations on (each also switchable in ``cfg``).
-    Returns ``x`` (C, L, P, 2), ``conf`` (C, L, P) with P = 242 stream points, ``frame_mask`` (C, L),
-    ``centres`` (C, L, 5, 2) in pixels of the upright picture, the ``unit`` in pixels and
-    the ``angle`` (radians) that turns the upright picture back into the input's: one number
-    each, or one per frame (C, L) with ``cfg.causal`` (src/data/causal.py); and the
-    ``reference`` (C, P, 2) already taken from ``x`` (the mean pose of ``cfg.reference``'s
-    points, else 0).
-    """
-    aug = cfg.augment
-    if rng is not None:
-        raw = part_dropout(keypoint_dropout(raw, rng, aug.dropout_prob), rng, aug.part_dropout_prob)
-    if cfg.causal:
-        pose, unit, angle = _causal_pose(raw, cfg, rng)
-    else:
-        pose = clean(raw, cfg.conf_thresh, cfg.source_fps, cfg.fps, cfg.lowpass_sigma)
-        unit = unit_length(pose.xy, pose.conf)
-        if unit is None:
-            raise DataError("no unit length: neither shoulders, eyelids, eyes nor ears are visible")
-        angle = upright_angle(pose.xy, pose.conf)
-        pose = CleanPose(rotate(pose.xy, -angle, pose.size), pose.conf, pose.size)
-        keep = random_crop(pose.xy.shape[0], cfg.max_frames, rng)
-        pose = CleanPose(pose.xy[keep], pose.conf[keep], pose.size)
-        if rng is not None and aug.time_warp:
-            pose = time_warp(pose, rng, aug.time_warp_max)
-    if rng is not None and aug.mirror and rng.random() < aug.mirror_prob:
-        pose, angle = mirror(pose), -angle
-    centres = causal_centres(pose.xy, pose.conf) if cfg.causal else stream_centres(pose.xy, pose.conf)
-    x, frame_mask = chunk(normalise(pose.xy, centres, unit), cfg.chunk_len)
-    conf = chunk(pose.conf[:, kp.STREAM_ROWS], cfg.chunk_len)[0] & frame_mask[..., None]
-    x, reference, _ = subtract_references(x, conf, cfg.reference, whole_sequence=not cfg.causal)
-    out = {}
-    if rng is not None and aug.jitter_px > 0:
-        # the model sees a jittered input and is scored against the clean pose (x_true)
-        sigma = rng.uniform(0, aug.jitter_px) / np.asarray(unit, np.float32)
-        noise = rng.standard_normal(x.shape, dtype=np.float32) * np.reshape(sigma, np.shape(sigma) + (1, 1))
-        out = {"x_true": x, "conf_true": conf}
-        x = x + noise
-    return out | {
-        "x": x,
-        "conf": conf,
-        "frame_mask": frame_mask,
-        "centres": chunk(centres, cfg.chunk_len)[0],
-        "unit": chunk(unit, cfg.chunk_len)[0] if cfg.causal else np.float32(unit),
-        "angle": chunk(angle, cfg.chunk_len)[0] if cfg.causal else np.float32(angle),
-        "num_frames": pose.xy.shape[0],
-        "size": np.array(pose.size, dtype=np.float32),
-        "reference": reference,
-    }
-
-
-def _causal_pose(raw: np.ndarray, cfg: DataConfig, rng: np.random.Generator | None
-                 ) -> tuple[CleanPose, np.ndarray, np.ndarray]:
-    """The causal mode: crop and time warp act on the raw frames (a stream that starts or
-    plays there), then the causal cleaner gives the upright pose and per-frame unit and angle."""
-    if cfg.source_fps != cfg.fps:
-        raise DataError(f"data.causal needs data.source_fps == data.fps (got {cfg.source_fps} and {cfg.fps}): "
-                        "resample the files first (run.py data-import resamples .pose files to 30 fps)")
-    raw = raw[random_crop(raw.shape[0], cfg.max_frames, rng)]
-    if rng is not None and cfg.augment.time_warp:
-        raw = time_warp_raw(raw, cfg.conf_thresh, rng, cfg.augment.time_warp_max)
-    return causal_clean(raw, cfg.conf_thresh, cfg.lowpass_sigma, cfg.causal_warmup)
 
 
 def truth_in_input_frame(truth: dict, sample: dict) -> dict[str, np.ndarray]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from src.config import DataConfig
-from src.data.dataset import make_sample
+from src.data.sample import make_sample
 from src.data.keypoints import NUM_STREAM_POINTS
 from src.data.source import DataError, PoseSource
 

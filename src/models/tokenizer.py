@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from src.config import ModelConfig
+from src.config import Config, ModelConfig
 from src.data import keypoints as kp
 from src.models.decoder import ChunkDecoder
 from src.models.encoder import ChunkEncoder
@@ -49,6 +49,11 @@ class SignTokenizer(nn.Module):
     ``encode`` / ``decode_codes`` / ``decode`` are the pure inference paths of a model without
     temporal context; ``step`` (one causal chunk) and ``tokenize`` (whole sequences) serve both.
     """
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "SignTokenizer":
+        """The model of a whole config: ``model.*``, and the chunk length the data is cut into."""
+        return cls(cfg.model, cfg.data.chunk_len)
 
     def __init__(self, cfg: ModelConfig, chunk_len: int):
         super().__init__()

@@ -406,7 +406,7 @@ def _train_step_seconds(cfg: Config, batch, settings: BenchSettings, device: tor
     from src.train.optim import build_optimizer
 
     torch.manual_seed(cfg.train.seed)
-    model = SignTokenizer(cfg.model, cfg.data.chunk_len).to(device).train()
+    model = SignTokenizer.from_config(cfg).to(device).train()
     optimizer = build_optimizer(model, cfg.train)
     scaler = torch.amp.GradScaler(enabled=False)
 

@@ -143,7 +143,7 @@ class Trainer:
         log.info("device %s (%d intra-op CPU threads), world size %d, run folder %s", self.device, threads,
                  dist_info.world_size, self.run_dir)
         try:
-            self.model = SignTokenizer(cfg.model, cfg.data.chunk_len).to(self.device)
+            self.model = SignTokenizer.from_config(cfg).to(self.device)
         except ValueError as e:  # a model setting the range checks cannot see (e.g. an unknown pool)
             raise ConfigError(str(e)) from None
         log.info("model: %.2fM parameters", sum(p.numel() for p in self.model.parameters()) / 1e6)

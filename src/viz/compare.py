@@ -12,7 +12,8 @@ from src.config import Config, DataConfig
 from src.data.dataset import PoseDataset, require_root
 from src.data.keypoints import STREAM_NAMES
 from src.data.source import DataError, read_splits
-from src.inference import frame_units, tokenize, to_pixels
+from src.data.sample import frame_units, to_pixels
+from src.inference import tokenize
 from src.metrics.pixel_error import mpjpe_sums
 from src.models.tokenizer import SignTokenizer
 from src.viz.skeleton import render_comparison
