@@ -19,7 +19,7 @@ def reuse_freed_memory() -> bool:
     one 4 KiB page at a time. Here blocks up to 32 MiB come from the heap from the start and
     the heap is trimmed only past 2 GiB free: the process keeps its peak heap. Larger blocks
     are still mapped and unmapped, since taking them from the heap too let fragmentation
-    grow a variable-batch loop's memory 2.5x (docs/experiments.md, Benchmark).
+    grow a variable-batch loop's memory 2.5x (docs/history/experiments.md, Benchmark).
     Returns False where it does not apply (not glibc).
     """
     if not sys.platform.startswith("linux"):

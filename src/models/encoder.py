@@ -29,7 +29,7 @@ class ChunkEncoder(nn.Module):
             kind: nn.Linear(cfg.width * (chunk_len if kind == "flatten" else 1), cfg.latent_dim)
             for kind in self.pools.kinds})
         # The linear path sees the whole chunk at once, so a linear (PCA-like) code of it is
-        # directly in reach; on real pose that kept more than the transformer alone (docs/experiments.md).
+        # directly in reach; on real pose that kept more than the transformer alone (docs/history/experiments.md).
         self.linear = nn.ModuleDict(
             {s.name: nn.Linear(2 * chunk_len * s.num_keypoints, cfg.latent_dim) for s in kp.STREAMS}
         ) if cfg.linear_path else None

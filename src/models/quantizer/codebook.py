@@ -133,7 +133,7 @@ class Codebook(nn.Module):
 
         The code is the fp32 nearest unless the fp32 nearest is not among the ``k`` first-pass
         nearest (an approximation error larger than the gap between candidates: counted in
-        docs/streaming.md), or two fp32 distances differ in the last bits only. For the bf16 stream.
+        docs/history/speed_rounds.md), or two fp32 distances differ in the last bits only. For the bf16 stream.
         """
         embed, norms = self.embed[groups], self._embed_norms()[groups]
         first, scale, lowest = self.shortlist_tables()

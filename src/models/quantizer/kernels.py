@@ -2,7 +2,7 @@
 of the training search, and the first pass of the streaming shortlist.
 
 Each is a plain function of tensors, used by :class:`~src.models.quantizer.codebook.Codebook`;
-docs/streaming.md and docs/experiments.md hold what each one measured.
+docs/quantizer.md holds what each one measured.
 """
 from __future__ import annotations
 
