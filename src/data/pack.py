@@ -63,17 +63,21 @@ def write_pack(root: str | Path, out_dir: str | Path | None = None, pose_dir: st
 
     tmp_array = temp_path(out / PACK_ARRAY)
     try:
-        array = np.lib.format.open_memmap(tmp_array, mode="w+", dtype=np.float32,
-                                          shape=(total, kp.NUM_ROWS, 3))
+        # Appended sequence by sequence to a plain file (not through a memory map, whose written
+        # pages would all stay in the process's resident set): memory stays one sequence's.
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+                  "shape": (total, kp.NUM_ROWS, 3)}
         items, offset = {}, 0
-        for name in tqdm(lengths, desc="pack", unit="seq", disable=not progress or None):
-            n = lengths[name]
-            seq = read_npy(pose_path / f"{name}.npy").astype(np.float32, copy=False)
-            array[offset:offset + n] = seq
-            items[name] = [offset, n, content_checksum(seq)]
-            offset += n
-        array.flush()
-        del array
+        with open(tmp_array, "wb") as f:
+            np.lib.format.write_array_header_2_0(f, header)
+            for name in tqdm(lengths, desc="pack", unit="seq", disable=not progress or None):
+                n = lengths[name]
+                seq = read_npy(pose_path / f"{name}.npy").astype("<f4", copy=False)
+                f.write(np.ascontiguousarray(seq).data)
+                items[name] = [offset, n, content_checksum(seq)]
+                offset += n
+            f.flush()
+            os.fsync(f.fileno())
         (out / PACK_INDEX).unlink(missing_ok=True)  # an old index must never describe the new array
         os.replace(tmp_array, out / PACK_ARRAY)
     finally:
