@@ -74,7 +74,7 @@ def _torchrun_env(rank: int) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["TEST_DDP_PORT"])
 
 
-def _train_worker(rank: int, tmp: str, root: str) -> None:
+def _train_worker(rank: int, tmp: str, root: str, device: str = "cpu") -> None:
     _torchrun_env(rank)
     torch.set_num_threads(1)
     from src.data.dataset import PoseDataset, collate
@@ -84,14 +84,15 @@ def _train_worker(rank: int, tmp: str, root: str) -> None:
     # refit_every=1: the k-means refit of the codebooks must leave the ranks identical too
     cfg = tiny_config(Path(root), Path(tmp) / "runs", "train.epochs=2", "train.token_samples_every=0",
                       "model.rvq.refit_every=1")
-    info = distributed.setup("cpu")
+    info = distributed.setup(device)
     try:
         trainer = Trainer(cfg, info)
         trainer.fit()
         val = PoseDataset(cfg.data, "val")
-        batch = collate([val[i] for i in range(len(val))])
+        batch = collate([val[i] for i in range(len(val))]).to(info.device)
         codes = trainer.model.eval().encode(batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask])
-        torch.save({"state": trainer.model.state_dict(), "codes": codes}, f"{tmp}/rank{rank}.pt")
+        state = {k: v.cpu() for k, v in trainer.model.state_dict().items()}
+        torch.save({"state": state, "codes": codes.cpu(), "device": str(codes.device)}, f"{tmp}/rank{rank}.pt")
     finally:
         distributed.teardown()
 
@@ -176,6 +177,19 @@ def _free_port() -> str:
 def test_ddp_training_keeps_ranks_identical(synth_root, tmp_path, monkeypatch):
     monkeypatch.setenv("TEST_DDP_PORT", _free_port())
     mp.spawn(_train_worker, args=(str(tmp_path), str(synth_root)), nprocs=WORLD)
+    _assert_ranks_identical(tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < WORLD, reason=f"needs {WORLD} CUDA GPUs (NCCL)")
+def test_ddp_training_on_gpus_with_nccl_keeps_ranks_identical(synth_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_DDP_PORT", _free_port())
+    mp.spawn(_train_worker, args=(str(tmp_path), str(synth_root), "cuda"), nprocs=WORLD)
+    _assert_ranks_identical(tmp_path)
+    assert [torch.load(tmp_path / f"rank{r}.pt")["device"] for r in range(WORLD)] == [f"cuda:{r}" for r in range(WORLD)]
+
+
+def _assert_ranks_identical(tmp_path: Path) -> None:
+    """Both ranks hold the same weights and codebook buffers, code the same, and only rank 0 wrote a run."""
     a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD))
     assert a["state"].keys() == b["state"].keys()
     for k in a["state"]:

@@ -266,3 +266,15 @@ def test_data_check_says_the_nan_are_planted(tmp_path):
     assert "NaN/inf" in text and "planted on purpose" in text
     (tmp_path / "synthetic.json").unlink()
     assert "planted" not in format_report(check_root(tmp_path))
+
+
+def test_like_csl_daily_has_its_lengths_and_split_shares(tmp_path):
+    """--like-csl-daily: sequences of 60-400 frames split in CSL-Daily's proportions (18,401 /
+    1,077 / 1,176 of 20,654), here for 400 of them."""
+    assert synth_main(["--out", str(tmp_path / "r"), "--num", "400", "--like-csl-daily"]) == 0
+    splits = json.loads((tmp_path / "r" / "split_files.json").read_text())
+    shares = np.array([len(splits[s]) for s in ("train", "val", "test")]) / 400
+    np.testing.assert_allclose(shares, np.array([18401, 1077, 1176]) / 20654, atol=0.01)
+    frames = [a["num_frames"] for a in json.loads((tmp_path / "r" / "annotations.json").read_text()).values()]
+    assert 60 <= min(frames) and max(frames) <= 400 and max(frames) > 300
+    assert synthetic_marker(tmp_path / "r")["max_frames"] == 400
