@@ -251,13 +251,26 @@ def _pack(root: Path, cfg: DataConfig, tally: _Tally, partial: bool) -> dict:
 
 
 def _corrupt_packed(pack_dir: Path, entries: dict, names: list[str]) -> list[str]:
-    """Packed sequences whose bytes no longer match the index's checksum (overwritten, shifted offsets)."""
+    """Packed sequences whose bytes no longer match the index's checksum (overwritten, shifted offsets).
+
+    Each sequence is read from the file on its own (not through one memory map of the whole
+    pack, whose pages would all end up in this process's resident set)."""
+    path = pack_dir / PACK_ARRAY
     try:
-        array = np.load(pack_dir / PACK_ARRAY, mmap_mode="r")
+        array = np.load(path, mmap_mode="r")
     except NPY_ERRORS:
         return []  # reported as a pack problem already
-    return [n for n in names
-            if content_checksum(array[entries[n][0]:entries[n][0] + entries[n][1]]) != entries[n][2]]
+    start, dtype, row = array.offset, array.dtype, int(np.prod(array.shape[1:]))
+    del array
+    corrupt = []
+    with open(path, "rb") as f:
+        for n in names:
+            offset, length, checksum = entries[n][:3]
+            f.seek(start + offset * row * dtype.itemsize)
+            seq = np.fromfile(f, dtype=dtype, count=length * row).reshape(length, *(kp.NUM_ROWS, 3))
+            if content_checksum(seq) != checksum:
+                corrupt.append(n)
+    return corrupt
 
 
 def _warnings(root: Path, cfg: DataConfig, tally: _Tally, splits: dict, annotations: dict,
