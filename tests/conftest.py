@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from src.config import Config, load_config
-from src.data.synth import write_synthetic_dataset
+from src.tools.synth import write_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 # The real recorded pose sample lives outside the repository (it must never be committed).

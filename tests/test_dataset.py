@@ -17,7 +17,7 @@ from src.commands.data.check import main as check_main
 from src.commands.data.pack import main as pack_main
 from src.config import AugmentConfig, DataConfig
 from src.data import keypoints as kp
-from src.data.check import check_root
+from src.tools.check import check_root
 from src.data.dataset import PoseDataset, collate, make_loader
 from src.data.sample import make_sample
 from src.data.pack import write_pack
@@ -26,7 +26,7 @@ from src.data.pose import (
     upright_angle,
 )
 from src.data.source import DataError, PoseSource
-from src.data.synth import synth_sequence
+from src.tools.synth import synth_sequence
 from src.data.transforms import keypoint_dropout, mirror, time_warp
 
 POSE_DIR = "frames_512x512"

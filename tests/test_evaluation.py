@@ -14,7 +14,7 @@ from src.data.pose import rotate
 from src.data.dataset import PoseDataset, truth_in_input_frame
 from src.data.sample import make_sample
 from src.data.source import DataError
-from src.data.synth import frame_ranges, synth_sequence_with_holds
+from src.tools.synth import frame_ranges, synth_sequence_with_holds
 from src.inference import load_tokenizer
 from src.metrics import shifts as sh
 from src.metrics.holds import annotated_hold_chunks, hold_token_sums, motion_hold_chunks

@@ -19,11 +19,11 @@ import torch
 from src.files import describe_os_error
 from src.config import ConfigError, load_config
 from src.data import keypoints as kp
-from src.data.check import check_root
+from src.tools.check import check_root
 from src.data.dataset import PoseDataset
 from src.data.pack import write_pack
 from src.data.source import PACK_DIR, PACK_INDEX, DataError, PoseSource, read_json, read_npy, split_names
-from src.data.synth import synth_sequence
+from src.tools.synth import synth_sequence
 from src.train import loop
 from src.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from src.train.loop import NonFiniteLoss, train

@@ -11,7 +11,7 @@ from src.config import DataConfig, LossConfig, ModelConfig, RVQConfig
 from src.data import keypoints as kp
 from src.data.dataset import collate
 from src.data.sample import make_sample
-from src.data.synth import synth_sequence
+from src.tools.synth import synth_sequence
 from src.losses import compute_losses
 from src.models.quantizer import QuantizedResult
 from src.models.stitch import stitch_chunks

@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_config
 from src.config import ConfigError
 from src.data.dataset import PoseDataset, RootsDataset, split_dataset
-from src.data.synth import write_synthetic_dataset
+from src.tools.synth import write_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from src.data.keypoints import (
     UNIT_FALLBACKS,
 )
 from src.data.source import DataError
-from src.data.synth import NUM_SIGNERS, synth_sequence, synthetic_marker, write_synthetic_dataset
+from src.tools.synth import NUM_SIGNERS, synth_sequence, synthetic_marker, write_synthetic_dataset
 
 LEGS = list(range(14, 18)) + list(FEET)
 
@@ -259,7 +259,7 @@ def test_demo_regenerates_a_set_of_another_size(tmp_path):
 
 
 def test_data_check_says_the_nan_are_planted(tmp_path):
-    from src.data.check import check_root, format_report
+    from src.tools.check import check_root, format_report
 
     write_synthetic_dataset(tmp_path, 10, seed=0, min_frames=60, max_frames=90)
     text = format_report(check_root(tmp_path))

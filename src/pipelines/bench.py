@@ -242,7 +242,7 @@ def stream_figures(model: SignTokenizer, cfg: Config, settings: BenchSettings, d
     preprocessing of a chunk's frames alone. The variants take turns chunk by chunk, so the
     host's load changes all of them alike and their ratios hold."""
     from src.data.causal import CausalCleaner
-    from src.data.synth import synth_sequence
+    from src.tools.synth import synth_sequence
     from src.streaming import StreamingTokenizer
 
     length = cfg.data.chunk_len
@@ -580,7 +580,7 @@ def write_bench_root(folder: Path, num: int) -> tuple[Path, Path]:
     """A synthetic CSL-Daily root of ``num`` sequences and its pack (in a folder of its own,
     so that a source without ``pack_dir`` reads the files)."""
     from src.data.pack import write_pack
-    from src.data.synth import write_synthetic_dataset
+    from src.tools.synth import write_synthetic_dataset
 
     root, pack = folder / "root", folder / "pack"
     write_synthetic_dataset(root, num, seed=0)

@@ -9,7 +9,7 @@ from pathlib import Path
 from src.config import Config
 from src.data.keypoints import STREAM_NAMES
 from src.data.source import read_json
-from src.data.synth import synthetic_marker, write_synthetic_dataset
+from src.tools.synth import synthetic_marker, write_synthetic_dataset
 from src.inference import load_tokenizer
 from src.metrics.codebook_health import first_level_min
 from src.metrics.report import ORACLE_GAIN, check_lines, evaluation_report, failed_checks, token_rates

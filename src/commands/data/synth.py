@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from src.cli import UsageError, run_command
-from src.data.synth import write_synthetic_dataset
+from src.tools.synth import write_synthetic_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     """The command itself, inside the error boundary of :func:`src.cli.run_command`."""
 
     from src.config import load_config
-    from src.data.synth import write_synthetic_dataset
+    from src.tools.synth import write_synthetic_dataset
     from src.train.overfit import overfit_check
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _synthetic(args):
     """Tokenize a fresh synthetic set with the checkpoint; items hold gloss sequences."""
-    from src.data.synth import write_synthetic_dataset
+    from src.tools.synth import write_synthetic_dataset
     from src.inference import load_tokenizer
     from src.pipelines import prefix_lm as pl
     from src.pipelines.export import export_config, export_tokens

@@ -17,7 +17,7 @@ from src.config import DataConfig
 from src.data import keypoints as kp
 from src.data.source import (NPY_ERRORS, PACK_ARRAY, PACK_DIR, PACK_INDEX, DataError, content_checksum, plain_name,
                              index_problem, pack_problem, read_json, read_npy, usability)
-from src.data.synth import MARKER, synthetic_marker
+from src.tools.synth import MARKER, synthetic_marker
 
 PARTS: dict[str, range] = {"body": kp.BODY, "face": kp.FACE, "left_hand": kp.LEFT_HAND,
                            "right_hand": kp.RIGHT_HAND, "feet": kp.FEET}
