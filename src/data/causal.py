@@ -94,6 +94,17 @@ def causal_kernel(sigma: float) -> np.ndarray:
     return (k / k.sum()).astype(np.float32)
 
 
+def _pair_lengths(xy: np.ndarray, conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, pairs) lengths of every ``_LENGTHS`` pair and whether both its points were seen.
+
+    The values of ``pose.pair_lengths`` bit for bit (the same float32 difference, sum of
+    squares and square root; elementwise, so the same in any batch), for every frame and
+    pair in one go: the per-pair calls were the largest part of a streamed frame's preprocessing.
+    """
+    d = xy[:, _FROM] - xy[:, _TO]                              # (n, pairs, 2)
+    return np.sqrt(np.add.reduce(d * d, axis=-1)), conf[:, _FROM] & conf[:, _TO]
+
+
 class CausalCleaner:
     """Frames in, causally cleaned and upright frames out; the state of one sequence.
 
@@ -160,16 +171,6 @@ class CausalCleaner:
         out[:, kp.SIZE_ROW] = 0
         return out, conf
 
-    def _lengths(self, xy: np.ndarray, conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(n, pairs) lengths of every ``_LENGTHS`` pair and whether both its points were seen.
-
-        The values of ``pose.pair_lengths`` bit for bit (the same float32 difference, sum of
-        squares and square root; elementwise, so the same in any batch), for every frame and
-        pair in one go: the per-pair calls were the largest part of a streamed frame's preprocessing.
-        """
-        d = xy[:, _FROM] - xy[:, _TO]                              # (n, pairs, 2)
-        return np.sqrt(np.add.reduce(d * d, axis=-1)), conf[:, _FROM] & conf[:, _TO]
-
     def _measure(self, xy: np.ndarray, lengths: np.ndarray, both: np.ndarray) -> None:
         """Add one frame's lengths and shoulder angle (``pose.shoulder_angles``: the shoulder
         pair comes first in ``_LENGTHS``) to the running medians."""
@@ -193,7 +194,7 @@ class CausalCleaner:
         if self.size is None:
             self.size = video_size(raw)
         xy, conf = self._fill(raw)
-        lengths, both = self._lengths(xy, conf)
+        lengths, both = _pair_lengths(xy, conf)
         released: list[tuple[int, float, float]] = []   # (frames released, unit, angle)
         for t in range(xy.shape[0]):
             self._measure(xy[t], lengths[t], both[t])
