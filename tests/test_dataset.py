@@ -678,3 +678,20 @@ def test_data_pack_command_makes_the_pack_the_dataset_uses(synth_root, tmp_path,
     assert pack_main(["--root", str(tmp_path / "none")]) == 2
     assert "pose folder not found" in capsys.readouterr().err
     assert os.path.isfile(root / "packed" / "index.json")
+
+
+def test_confident_points_far_outside_the_picture_are_not_observed():
+    """An estimator's point ten frame widths away at full score (seen on real fingerspelling)
+    is not a pose: unobserved, and filled like any gap; one just outside the picture is kept."""
+    from src.data.pose import OFF_FRAME, observed_mask
+
+    raw = np.zeros((4, kp.NUM_ROWS, 3), np.float32)
+    raw[..., :2], raw[..., 2] = 200.0, 1.0
+    raw[:, kp.SIZE_ROW] = (640, 480, 0)
+    raw[0, 100, 0] = 10 * 640            # ten frame widths to the right
+    raw[1, 100, 1] = -(OFF_FRAME + 0.5) * 480
+    raw[2, 100, 0] = -0.5 * 640          # half a width to the left: a hand leaving the picture
+    raw[3, 100, 0] = np.inf
+    seen = observed_mask(raw, 0.3)
+    assert seen[:, 100].tolist() == [False, False, True, False]
+    assert seen[:, 99].all() and not seen[:, kp.SIZE_ROW].any()

@@ -29,10 +29,18 @@ def video_size(raw: np.ndarray, default: float = 512.0) -> tuple[float, float]:
     return (float(w), float(h)) if ok else (default, default)
 
 
+# A confident point further outside the picture than this many frame sizes is an estimator's
+# error (seen at score 1 ten frame widths away on real fingerspelling), not a pose.
+OFF_FRAME = 2.0
+
+
 def observed_mask(raw: np.ndarray, conf_thresh: float) -> np.ndarray:
-    """(T, 134) bool: finite coordinates and a finite score >= ``conf_thresh``."""
-    with np.errstate(invalid="ignore"):  # NaN scores compare False
-        conf = (raw[..., 2] >= conf_thresh) & np.isfinite(raw).all(axis=-1)
+    """(T, 134) bool: a score >= ``conf_thresh`` and finite coordinates within ``OFF_FRAME``
+    frame sizes of the picture (NaN and infinite values compare False)."""
+    (w, h), x, y = video_size(raw), raw[..., 0], raw[..., 1]
+    with np.errstate(invalid="ignore"):
+        conf = (raw[..., 2] >= conf_thresh) & (x >= -OFF_FRAME * w) & (x <= (1 + OFF_FRAME) * w) \
+            & (y >= -OFF_FRAME * h) & (y <= (1 + OFF_FRAME) * h)
     conf[:, kp.SIZE_ROW] = False
     return conf
 

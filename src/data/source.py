@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from src.data import keypoints as kp
-from src.data.pose import unit_length, video_size
+from src.data.pose import observed_mask, unit_length, video_size
 
 log = logging.getLogger(__name__)
 
@@ -229,17 +229,17 @@ def usability(raw: np.ndarray, conf_thresh: float, min_frames: int, min_valid_fr
         ok &= np.isfinite(raw[:, [kp.L_SHOULDER, kp.R_SHOULDER]]).all(axis=(1, 2))
     if ok.mean() < min_valid_frac:
         return "too little usable signal"
-    # observed_mask's points, from whole-array ops (reductions over the last axis of 2-3
-    # values are ~10x slower, and this runs on every sequence of every scan)
+    # whole-array ops (reductions over the last axis of 2-3 values are ~10x slower, and this
+    # runs on every sequence of every scan)
     x, y, score = raw[..., 0], raw[..., 1], raw[..., 2]
     with np.errstate(invalid="ignore"):
-        seen = (score >= conf_thresh) & np.isfinite(score) & np.isfinite(x) & np.isfinite(y)   # (T, 134)
+        confident = (score >= conf_thresh) & np.isfinite(x) & np.isfinite(y)   # (T, 134)
         limit = COORD_LIMIT * max(video_size(raw))
         far = (np.abs(x) > limit) | (np.abs(y) > limit)
-    seen[:, kp.SIZE_ROW] = False
-    if (far & seen).any():
+    confident[:, kp.SIZE_ROW] = False
+    if (far & confident).any():
         return "coordinates out of range"
-    if unit_length(raw[..., :2], seen) is None:
+    if unit_length(raw[..., :2], observed_mask(raw, conf_thresh)) is None:
         return "no unit length"
     return None
 
