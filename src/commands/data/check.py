@@ -34,7 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The command itself, inside the error boundary of :func:`src.cli.run_command`."""
-
     from src.tools.check import check_root, format_report
     from src.files import write_json
 

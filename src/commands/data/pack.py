@@ -23,7 +23,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The command itself, inside the error boundary of :func:`src.cli.run_command`."""
-
     from src.data.pack import pack_dir_of, write_pack
     from src.data.source import PACK_ARRAY
 

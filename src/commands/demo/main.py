@@ -22,7 +22,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The command itself, inside the error boundary of :func:`src.cli.run_command`."""
-
     from src.pipelines.demo import ensure_synthetic, run_demo, summary_table
 
     cfg = config_from_args(args)

@@ -26,7 +26,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The command itself, inside the error boundary of :func:`src.cli.run_command`."""
-
     import torch
 
     from src.pipelines.bench import FAST, FAST_OVERRIDES, FULL, run_bench, table, thread_advice

@@ -27,7 +27,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The command itself, inside the error boundary of :func:`src.cli.run_command`."""
-
     checkpoint_path(args)
     apply_threads(args.threads)
     import numpy as np

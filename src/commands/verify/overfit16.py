@@ -24,7 +24,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The command itself, inside the error boundary of :func:`src.cli.run_command`."""
-
     from src.config import load_config
     from src.tools.synth import write_synthetic_dataset
     from src.train.overfit import overfit_check
