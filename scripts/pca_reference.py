@@ -9,14 +9,21 @@ chunk can keep with k numbers per chunk and stream.
 With ``--codes LEVELSxSIZE ...`` it fits residual k-means codebooks of the flattened chunk
 instead (LEVELS codes of SIZE entries per chunk and stream, as the tokenizer's residual
 levels) and reports them on train and on the split: a code of the tokenizer's bits without
-an encoder, and its gap between the chunks it was fitted on and new ones.
+an encoder, and its gap between the chunks it was fitted on and new ones. Points a chunk does
+not observe are filled with its observed mean first (no codes spent on placeholders);
+``--mirror`` fits each hand's codebooks on both hands (the other one mirrored), as training's
+mirror augmentation shows the model both; ``--eval ROOT:SPLIT ...`` measures other roots
+(fitted once on the config's train split, which ``data.roots`` may make several roots').
 
     python scripts/pca_reference.py --config configs/real_sample.yaml --root <folder> --split val --dims 8 16 32 64
     python scripts/pca_reference.py --config configs/real_sample.yaml --root <folder> --split val --codes 1x1024 2x1024
+    python scripts/pca_reference.py --config configs/real_all.yaml "data.roots={<d>/real_pose_sample: 1, <d>/crowd_signs: 1, <d>/fingerspelling: 1}" \
+        --codes 2x1024 3x1024 --mirror --eval <d>/real_pose_sample:val <d>/crowd_signs:val
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -27,16 +34,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from src import cli  # noqa: E402
 from src.config import Config  # noqa: E402
 from src.data import keypoints as kp  # noqa: E402
-from src.data.dataset import PoseDataset, collate  # noqa: E402
+from src.data.dataset import collate, split_dataset  # noqa: E402
 from src.metrics.evaluate import chunk_units  # noqa: E402
-from src.metrics.pixel_error import mpjpe_sums  # noqa: E402
+from src.metrics.pixel_error import chunk_mean_oracle, mpjpe_sums  # noqa: E402
 from src.models.quantizer import kmeans, sq_distances  # noqa: E402
 from src.runtime import set_threads  # noqa: E402
 
 
 def split_chunks(cfg: Config, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every chunk of a split, whole sequences, no augmentation -> x (N, L, P, 2), observed, unit (N,)."""
-    dataset = PoseDataset(cfg.data, split)
+    """Every chunk of a split (of every root in ``data.roots``), whole sequences, no augmentation
+    -> x (N, L, P, 2), observed, unit (N,) or (N, L)."""
+    dataset = split_dataset(cfg.data, split)
     batch = collate([dataset[i] for i in range(len(dataset))])
     return batch.x[batch.chunk_mask], batch.conf[batch.chunk_mask] > 0, chunk_units(batch)
 
@@ -66,27 +74,62 @@ def pca_mpjpe(train: torch.Tensor, x: torch.Tensor, observed: torch.Tensor, unit
     return result
 
 
-def kmeans_mpjpe(train: torch.Tensor, train_obs: torch.Tensor, train_unit: torch.Tensor, x: torch.Tensor,
-                 observed: torch.Tensor, unit: torch.Tensor, levels: int, size: int,
-                 iters: int = 20, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """MPJPE px per stream of residual k-means codes of whole chunks (``levels`` codebooks of
-    ``size``, fitted on ``train``) -> {stream: (on train, on x)}."""
+def _filled(x: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+    """Unobserved points replaced by their chunk's observed mean (0 where never observed)."""
+    return torch.where(observed[..., None], x, chunk_mean_oracle(x, observed))
+
+
+def _mirrored_hand(x: torch.Tensor, name: str) -> torch.Tensor:
+    """The other hand's rows of ``x``, mirrored (x -> -x in its wrist-centred frame), as hand ``name``."""
+    other = x[:, :, kp.STREAM_SLICES["RH" if name == "LH" else "LH"]].clone()
+    other[..., 0] = -other[..., 0]
+    return other
+
+
+def fit_codes(train: torch.Tensor, observed: torch.Tensor, levels: int, size: int, mirror: bool = False,
+              iters: int = 20, seed: int = 0) -> dict[str, list[torch.Tensor]]:
+    """Residual k-means codebooks of whole flattened chunks per stream -> {stream: [(size, D)] * levels}.
+    ``mirror``: each hand's codebooks see both hands."""
     torch.manual_seed(seed)
-    result = {}
-    for i, (name, sl) in enumerate(kp.STREAM_SLICES.items()):
-        fit, new = train[:, :, sl].flatten(1), x[:, :, sl].flatten(1)
-        coded_fit, coded_new = torch.zeros_like(fit), torch.zeros_like(new)
+    train = _filled(train, observed)
+    books = {}
+    for name, sl in kp.STREAM_SLICES.items():
+        fit = train[:, :, sl]
+        if mirror and name in ("LH", "RH"):
+            fit = torch.cat([fit, _mirrored_hand(train, name)])
+        fit = fit.flatten(1)
+        coded, books[name] = torch.zeros_like(fit), []
         for _ in range(levels):
-            book = kmeans(fit - coded_fit, size, iters)
-            coded_fit += book[sq_distances(fit - coded_fit, book).argmin(-1)]
-            coded_new += book[sq_distances(new - coded_new, book).argmin(-1)]
-        scores = []
-        for coded, target, obs, u in ((coded_fit, train, train_obs, train_unit), (coded_new, x, observed, unit)):
-            recon = torch.zeros_like(target)
-            recon[:, :, sl] = coded.view_as(target[:, :, sl])
-            scores.append(_stream_mpjpe(recon, target, obs, u, i, sl))
-        result[name] = (scores[0], scores[1])
+            book = kmeans(fit - coded, size, iters)
+            coded += book[sq_distances(fit - coded, book).argmin(-1)]
+            books[name].append(book)
+    return books
+
+
+def codes_mpjpe(books: dict[str, list[torch.Tensor]], x: torch.Tensor, observed: torch.Tensor,
+                unit: torch.Tensor) -> dict[str, float]:
+    """MPJPE px per stream of ``x`` coded by :func:`fit_codes`' codebooks (nearest code, level by level)."""
+    filled, result = _filled(x, observed), {}
+    for i, (name, sl) in enumerate(kp.STREAM_SLICES.items()):
+        new = filled[:, :, sl].flatten(1)
+        coded = torch.zeros_like(new)
+        for book in books[name]:
+            coded += book[sq_distances(new - coded, book).argmin(-1)]
+        recon = torch.zeros_like(x)
+        recon[:, :, sl] = coded.view_as(x[:, :, sl])
+        result[name] = _stream_mpjpe(recon, x, observed, unit, i, sl)
     return result
+
+
+def oracle_mpjpe(x: torch.Tensor, observed: torch.Tensor, unit: torch.Tensor) -> dict[str, float]:
+    """MPJPE px per stream of the exact chunk-mean oracle (as ``eval-rvq`` reports it)."""
+    sums, counts = mpjpe_sums(chunk_mean_oracle(x, observed), x, observed, unit)
+    return {name: float(sums[i] / counts[i].clamp_min(1)) for i, name in enumerate(kp.STREAM_NAMES)}
+
+
+def _only_root(cfg: Config, root: str) -> Config:
+    """The config reading ``root`` alone."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=root, roots={}))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,11 +140,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dims", nargs="+", default=["8", "16", "32", "64"], help="numbers of components")
     p.add_argument("--codes", nargs="+", default=[], metavar="LEVELSxSIZE",
                    help="residual k-means codes instead of PCA, e.g. 1x1024 2x1024 (levels x codebook size)")
+    p.add_argument("--mirror", action="store_true",
+                   help="with --codes: fit each hand's codebooks on both hands (the other one mirrored)")
+    p.add_argument("--eval", nargs="+", default=[], metavar="ROOT:SPLIT",
+                   help="with --codes: measure these roots' splits instead of --split of the config's data")
     cli.add_threads_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides (anywhere)")
     args = p.parse_intermixed_args(argv)  # overrides before, between or after the options
     # --dims takes every word after it, so key=value items written after it land there too.
-    args.overrides += [d for d in args.dims + args.codes if "=" in d]
+    args.overrides += [d for d in args.dims + args.codes + args.eval if "=" in d]
+    evals = [tuple(e.rsplit(":", 1)) for e in args.eval if "=" not in e]
+    if any(len(e) != 2 or not all(e) for e in evals):
+        p.error(f"--eval takes ROOT:SPLIT, got {' '.join(args.eval)}")
     try:
         dims = [int(d) for d in args.dims if "=" not in d]
         codes = [tuple(int(v) for v in c.lower().split("x")) for c in args.codes if "=" not in c]
@@ -116,16 +166,22 @@ def main(argv: list[str] | None = None) -> int:
         cfg = cli.config_from_args(args)
         set_threads(cfg.threads)
         cfg.data.max_frames = 0  # whole sequences, as eval-rvq measures them
-        train, train_obs, train_unit = split_chunks(cfg, "train")
-        x, observed, unit = split_chunks(cfg, args.split)
+        train = split_chunks(cfg, "train")
         if codes:
-            print(f"residual k-means fitted on {len(train)} train chunks; MPJPE px on train / on {len(x)} "
-                  f"{args.split} chunks")
-            print(f"{'codes':>8}" + "".join(f"{name:>14}" for name in kp.STREAM_NAMES))
-            for levels, size in codes:
-                row = kmeans_mpjpe(train, train_obs, train_unit, x, observed, unit, levels, size)
-                print(f"{levels}x{size:<6}" + "".join(f"{row[n][0]:7.2f} /{row[n][1]:5.2f}" for n in kp.STREAM_NAMES))
+            sets = {"train": train} | ({f"{root}:{split}": split_chunks(_only_root(cfg, root), split)
+                                        for root, split in evals} or {args.split: split_chunks(cfg, args.split)})
+            print(f"residual k-means fitted on {len(train[0])} train chunks{' (hands mirrored too)' * args.mirror}; "
+                  "MPJPE px per stream")
+            print(f"{'codes':<8} {'set (chunks)':<44}" + "".join(f"{name:>7}" for name in kp.STREAM_NAMES))
+            fitted = [(f"{levels}x{size}", fit_codes(train[0], train[1], levels, size, args.mirror))
+                      for levels, size in codes]
+            for label, books in [("oracle", None)] + fitted:
+                for name, data in sets.items():
+                    row = oracle_mpjpe(*data) if books is None else codes_mpjpe(books, *data)
+                    print(f"{label:<8} {name[-36:] + f' ({len(data[0])})':<44}" + "".join(f"{row[n]:7.2f}" for n in kp.STREAM_NAMES))
             return 0
+        x, observed, unit = split_chunks(cfg, args.split)
+        train, _, _ = train
         print(f"PCA fitted on {len(train)} train chunks; MPJPE px on {len(x)} {args.split} chunks")
         print(f"{'dims':>6}" + "".join(f"{name:>8}" for name in kp.STREAM_NAMES))
         for k, row in pca_mpjpe(train, x, observed, unit, dims).items():

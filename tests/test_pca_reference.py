@@ -44,12 +44,45 @@ def test_kmeans_codes_fit_their_own_chunks_and_report_new_ones_apart():
     train, new = (torch.randn(n, length, kp.NUM_STREAM_POINTS, 2, generator=g) for _ in range(2))
     observed = torch.ones(n, length, kp.NUM_STREAM_POINTS, dtype=torch.bool)
     unit = torch.full((n,), 10.0)
-    full = pca_reference.kmeans_mpjpe(train, observed, unit, new, observed, unit, levels=1, size=n)
-    one, two = (pca_reference.kmeans_mpjpe(train, observed, unit, new, observed, unit, levels=lv, size=2)
-                for lv in (1, 2))
+
+    def measured(levels: int, size: int) -> dict[str, tuple[float, float]]:
+        books = pca_reference.fit_codes(train, observed, levels, size)
+        on_train, on_new = (pca_reference.codes_mpjpe(books, x, observed, unit) for x in (train, new))
+        return {name: (on_train[name], on_new[name]) for name in kp.STREAM_NAMES}
+
+    full, one, two = measured(1, n), measured(1, 2), measured(2, 2)
     for name in kp.STREAM_NAMES:
         assert full[name][0] < 1e-4 and full[name][1] > 1.0, name
         assert one[name][0] > two[name][0] > 1.0, name
+
+
+def test_codes_ignore_unobserved_points_and_mirror_shares_the_hands():
+    """A value at an unobserved point does not move the codebooks (it is filled from the chunk's
+    observed frames first). With ``mirror`` a left hand seen only as a mirrored right hand is
+    coded exactly."""
+    g = torch.Generator().manual_seed(1)
+    train = torch.randn(4, 3, kp.NUM_STREAM_POINTS, 2, generator=g)
+    observed = torch.ones(4, 3, kp.NUM_STREAM_POINTS, dtype=torch.bool)
+    observed[1, 1, :5] = False
+    unit = torch.full((4,), 10.0)
+    placeholders = []
+    for value in (0.0, 1e3):
+        x = train.clone()
+        x[1, 1, :5] = value
+        placeholders.append(pca_reference.fit_codes(x, observed, levels=1, size=2))
+    for name in kp.STREAM_NAMES:
+        torch.testing.assert_close(placeholders[0][name][0], placeholders[1][name][0])
+
+    lh, rh = kp.STREAM_SLICES["LH"], kp.STREAM_SLICES["RH"]
+    one = torch.zeros(1, 3, kp.NUM_STREAM_POINTS, 2)
+    one[:, :, rh] = torch.randn(1, 3, rh.stop - rh.start, 2, generator=g)
+    new = torch.zeros_like(one)
+    new[:, :, lh] = one[:, :, rh] * torch.tensor([-1.0, 1.0])    # the right hand, mirrored, as a left hand
+    seen = torch.ones(1, 3, kp.NUM_STREAM_POINTS, dtype=torch.bool)
+    with_mirror = pca_reference.fit_codes(torch.cat([one, torch.zeros_like(one)]), seen.repeat(2, 1, 1), 1, 2, mirror=True)
+    without = pca_reference.fit_codes(torch.cat([one, torch.zeros_like(one)]), seen.repeat(2, 1, 1), 1, 2)
+    assert pca_reference.codes_mpjpe(with_mirror, new, seen, unit[:1])["LH"] < 1e-3
+    assert pca_reference.codes_mpjpe(without, new, seen, unit[:1])["LH"] > 1.0
 
 
 def test_codes_must_be_levels_x_size(tmp_path, capsys):
