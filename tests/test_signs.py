@@ -46,6 +46,23 @@ def test_token_features_count_each_code_per_stream_and_position():
     assert feats[1, 0].tolist() == [0.5, 0, 0.5, 0] and feats[1, 1].sum() == 0
 
 
+def test_decoded_view_reads_the_reconstruction_where_the_pose_was_observed():
+    """The decoded view is the pose view's own features of the decoded pose: equal to the pose's
+    when the decoding is exact, and blind to what the decoder puts at unobserved points."""
+    from src.data import keypoints as kp
+    from src.inference import Tokenized
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 4, kp.NUM_STREAM_POINTS, 2)).astype(np.float32)
+    conf = rng.random((2, 4, kp.NUM_STREAM_POINTS)) > 0.3
+    sample = {"x": x, "conf": conf, "frame_mask": np.ones((2, 4), bool)}
+    recon = np.where(conf[..., None], x, 100.0).astype(np.float32)
+    exact = Tokenized("a", np.zeros((2, 5, 1), int), np.zeros((2, 5, 1)), recon, sample)
+    np.testing.assert_allclose(signs.pose_features(exact, decoded=True), signs.pose_features(exact), rtol=1e-6)
+    off = Tokenized("a", exact.codes, exact.residuals, recon + 1.0, sample)
+    assert not np.allclose(signs.pose_features(off, decoded=True), signs.pose_features(off))
+
+
 def test_eval_signs_command(tiny_checkpoint, synth_root, tmp_path, capsys):
     """On the synthetic root, labelled by signer: every view and split reported, the majority
     class as hand-computed, the JSON written."""
@@ -58,7 +75,9 @@ def test_eval_signs_command(tiny_checkpoint, synth_root, tmp_path, capsys):
     figures = json.loads(out.read_text())
     assert "tokens / pose accuracy on val+test" in printed
     views_reported = [r["view"] for r in figures["results"]]
-    assert views_reported == ["tokens", "pose", "tokens, shuffled labels", "majority class"]
+    assert views_reported == ["tokens", "pose", "tokens, decoded", "tokens, shuffled labels", "majority class"]
+    accuracy = {r["view"]: r["accuracy"]["val+test"] for r in figures["results"]}
+    assert figures["decoded_over_pose"] == pytest.approx(accuracy["tokens, decoded"] / max(accuracy["pose"], 1e-9))
     annotations = json.loads((synth_root / "annotations.json").read_text())
     split = json.loads((synth_root / "split_files.json").read_text())
     train = [str(annotations[n]["signer"]) for n in split["train"]]

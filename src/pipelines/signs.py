@@ -3,8 +3,9 @@
 One classifier (multinomial logistic regression on standardised features) is trained on the
 sequences of the training signers and scored on the others, for several views of the same
 sequences: the tokens (a bag of codes per stream and level), the unquantised pose it was
-made from (the upper bound), the tokens with the training labels shuffled (what a classifier
-learns from nothing) and the majority class. A token set that carries the sign scores near the
+made from (the upper bound), the pose decoded from the tokens read by the pose's own features
+(the same classifier on what the tokens carry, whatever their ids), the tokens with the
+training labels shuffled (what a classifier learns from nothing) and the majority class. A token set that carries the sign scores near the
 pose; one that carries only the chunk's mean pose or the signer scores near the controls.
 """
 from __future__ import annotations
@@ -42,17 +43,20 @@ def token_features(tok: Tokenized, codebook_size: int) -> np.ndarray:
     return out.reshape(-1)
 
 
-def pose_features(tok: Tokenized) -> np.ndarray:
-    """The unquantised pose as the model saw it (local units, every stream): per point the mean and
-    spread over the observed frames, and the mean speed. Unobserved points count as 0."""
-    x = tok.sample["x"].reshape(-1, kp.NUM_STREAM_POINTS, 2)           # (T, P, 2)
+def pose_features(tok: Tokenized, decoded: bool = False) -> np.ndarray:
+    """The unquantised pose as the model saw it (local units, every stream), or with ``decoded``
+    the pose decoded from its tokens: per point the mean and spread over the frames where the
+    point was observed, and the mean speed between consecutive frames that both observe it
+    (0 where none do): what a view puts at unobserved points never counts."""
+    x = (tok.recon if decoded else tok.sample["x"]).reshape(-1, kp.NUM_STREAM_POINTS, 2)   # (T, P, 2)
     seen = tok.sample["conf"].reshape(-1, kp.NUM_STREAM_POINTS)[..., None].astype(np.float32)
     frames = tok.sample["frame_mask"].reshape(-1).astype(bool)
     x, seen = x[frames], seen[frames]
     count = np.maximum(seen.sum(0), 1.0)
     mean = (x * seen).sum(0) / count
     spread = np.sqrt((((x - mean) ** 2) * seen).sum(0) / count)
-    speed = np.abs(np.diff(x, axis=0)).mean(0) if len(x) > 1 else np.zeros_like(mean)
+    pairs = seen[1:] * seen[:-1]
+    speed = (np.abs(np.diff(x, axis=0)) * pairs).sum(0) / np.maximum(pairs.sum(0), 1.0)
     return np.concatenate([mean.reshape(-1), spread.reshape(-1), speed.reshape(-1)]).astype(np.float32)
 
 
@@ -69,12 +73,13 @@ def split_views(model, cfg, split: str, label: str, classes: list[str] | None = 
     keep = [i for i, v in enumerate(values) if v in classes]
     if unseen is not None:
         unseen += [names[i] for i, v in enumerate(values) if v not in classes]
-    views: dict[str, list[np.ndarray]] = {"tokens": [], "pose": []}
+    views: dict[str, list[np.ndarray]] = {"tokens": [], "pose": [], "tokens, decoded": []}
     for start in range(0, len(keep), batch_size):
         samples = [{"name": names[i], **dataset[i]} for i in keep[start:start + batch_size]]
         for tok in tokenize(model, samples):
             views["tokens"].append(token_features(tok, cfg.model.rvq.codebook_size))
             views["pose"].append(pose_features(tok))
+            views["tokens, decoded"].append(pose_features(tok, decoded=True))
     labels = np.array([classes.index(values[i]) for i in keep], np.int64)
     return {v: np.stack(f) for v, f in views.items()}, labels, classes
 

@@ -60,12 +60,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'view':<{width}}" + "".join(f"{s + ' (' + str(results[0].n[s]) + ')':>18}" for s in scored))
     for r in results:
         print(f"{r.view:<{width}}" + "".join(f"{r.accuracy[s]:>18.3f}" for s in scored))
-    ratio = results[0].accuracy[both] / max(results[1].accuracy[both], 1e-9)
-    print(f"tokens / pose accuracy on {both}: {ratio:.3f}")
+    pose = max(next(r for r in results if r.view == "pose").accuracy[both], 1e-9)
+    ratios = {r.view: r.accuracy[both] / pose for r in results if r.view in ("tokens", "tokens, decoded")}
+    for view, ratio in ratios.items():
+        print(f"{view} / pose accuracy on {both}: {ratio:.3f}")
     if args.out:
         write_json(args.out, {"checkpoint": args.checkpoint, "root": args.root, "label": args.label,
                               "train_split": args.train_split, "classes": classes,
-                              "results": [vars(r) for r in results], "tokens_over_pose": ratio,
+                              "results": [vars(r) for r in results], "tokens_over_pose": ratios["tokens"],
+                              "decoded_over_pose": ratios["tokens, decoded"],
                               "left_out": unseen})
         print(f"wrote {args.out}")
     return 0
