@@ -5,8 +5,9 @@ sequences of the training signers and scored on the others, for several views of
 sequences: the tokens (a bag of codes per stream and level), the unquantised pose it was
 made from (the upper bound), the pose decoded from the tokens read by the pose's own features
 (the same classifier on what the tokens carry, whatever their ids), the tokens with the
-training labels shuffled (what a classifier learns from nothing) and the majority class. A token set that carries the sign scores near the
-pose; one that carries only the chunk's mean pose or the signer scores near the controls.
+training labels shuffled (what a classifier learns from nothing) and the majority class. A
+token set that carries the sign scores near the pose; one that carries only the chunk's mean
+pose or the signer scores near the controls.
 """
 from __future__ import annotations
 
