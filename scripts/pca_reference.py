@@ -100,31 +100,40 @@ def fit_codes(train: torch.Tensor, observed: torch.Tensor, levels: int, size: in
         fit = fit.flatten(1)
         coded, books[name] = torch.zeros_like(fit), []
         for _ in range(levels):
-            book = kmeans(fit - coded, size, iters)
-            coded += book[sq_distances(fit - coded, book).argmin(-1)]
+            residual = fit - coded
+            book = kmeans(residual, size, iters)
+            coded += _nearest(residual, book)
             books[name].append(book)
     return books
+
+
+def _nearest(rows: torch.Tensor, book: torch.Tensor) -> torch.Tensor:
+    """Each row's nearest codeword of ``book``."""
+    return book[sq_distances(rows, book).argmin(-1)]
+
+
+def _per_stream(recon: torch.Tensor, x: torch.Tensor, observed: torch.Tensor, unit: torch.Tensor) -> dict[str, float]:
+    """MPJPE px of ``recon`` per stream."""
+    sums, counts = mpjpe_sums(recon, x, observed, unit)
+    return {name: float(sums[i] / counts[i].clamp_min(1)) for i, name in enumerate(kp.STREAM_NAMES)}
 
 
 def codes_mpjpe(books: dict[str, list[torch.Tensor]], x: torch.Tensor, observed: torch.Tensor,
                 unit: torch.Tensor) -> dict[str, float]:
     """MPJPE px per stream of ``x`` coded by :func:`fit_codes`' codebooks (nearest code, level by level)."""
-    filled, result = _filled(x, observed), {}
-    for i, (name, sl) in enumerate(kp.STREAM_SLICES.items()):
-        new = filled[:, :, sl].flatten(1)
-        coded = torch.zeros_like(new)
+    filled, recon = _filled(x, observed), torch.zeros_like(x)
+    for name, sl in kp.STREAM_SLICES.items():
+        rows = filled[:, :, sl].flatten(1)
+        coded = torch.zeros_like(rows)
         for book in books[name]:
-            coded += book[sq_distances(new - coded, book).argmin(-1)]
-        recon = torch.zeros_like(x)
+            coded += _nearest(rows - coded, book)
         recon[:, :, sl] = coded.view_as(x[:, :, sl])
-        result[name] = _stream_mpjpe(recon, x, observed, unit, i, sl)
-    return result
+    return _per_stream(recon, x, observed, unit)
 
 
 def oracle_mpjpe(x: torch.Tensor, observed: torch.Tensor, unit: torch.Tensor) -> dict[str, float]:
     """MPJPE px per stream of the exact chunk-mean oracle (as ``eval-rvq`` reports it)."""
-    sums, counts = mpjpe_sums(chunk_mean_oracle(x, observed), x, observed, unit)
-    return {name: float(sums[i] / counts[i].clamp_min(1)) for i, name in enumerate(kp.STREAM_NAMES)}
+    return _per_stream(chunk_mean_oracle(x, observed), x, observed, unit)
 
 
 def _only_root(cfg: Config, root: str) -> Config:
