@@ -80,6 +80,9 @@ class RVQConfig:
     # more (its passes over every code and its gradient matmul then cost this many rows); 0 = all
     usage_rows: int = 1024
     quantizer_dropout: float = 0.0   # probability that a sample trains with a random number of levels
+    # > 0: the hands train as export.hand_codes codes them: each chunk keeps this many hand levels
+    # between both hands, split to leave the least residual (also what validation decodes); 0 = all
+    hand_codes: int = 0
     # epochs between refits of the EMA codebooks to the training split's latents by residual k-means
     # (scripts/fit_diagnosis.py: the EMA codebooks trail the latents); 0 = off
     refit_every: int = 0
@@ -195,7 +198,12 @@ class ExportConfig:
     max_run: int = 32
     max_chunks: int = 2048
     adaptive_depth: bool = False
-    depth_threshold: float = 0.05    # stop adding levels once the residual norm ratio falls below
+    # a stream codes its next level only while its residual is at least this share of its latent's
+    # norm: one value for every stream, or per stream ({LH: 0.32, RH: 0.32}; streams not named code all)
+    depth_threshold: float | dict[str, float] = 0.05
+    hand_codes: int = 0              # > 0: the two hands share this many codes per chunk, split chunk by
+    #                                  chunk to leave the least residual (a fixed rate); 0 = as trained
+    #                                  (model.rvq.hand_codes; 0 there too: each hand all its levels)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast encoder/decoder (CPUs with bf16 units,
     #                                  GPUs); the quantiser stays fp32; a few % of codes can differ
 
@@ -475,8 +483,24 @@ _RANGES: dict[str, tuple[typing.Callable[[Config], bool], str]] = {
     "export.rle_threshold": (lambda c: c.export.rle_threshold >= 0, ">= 0"),
     "export.max_run": (lambda c: c.export.max_run >= 1, ">= 1"),
     "export.max_chunks": (lambda c: c.export.max_chunks >= 1, ">= 1"),
-    "export.depth_threshold": (lambda c: c.export.depth_threshold >= 0, ">= 0"),
+    "export.hand_codes": (lambda c: c.export.hand_codes == 0 or c.export.hand_codes >= 2, "0 (off) or >= 2"),
+    "model.rvq.hand_codes": (lambda c: c.model.rvq.hand_codes == 0 or (
+        c.model.rvq.hand_codes >= 2 and not {"LH", "RH"} & set(c.model.rvq.fsq_streams)),
+        "0 (off) or >= 2, with the hands on EMA codebooks (not in model.rvq.fsq_streams)"),
+    "export.depth_threshold": (lambda c: all(v >= 0 for v in _depth_per_stream(c).values())
+                               and set(_depth_per_stream(c)) <= set(c.model.rvq.stream_levels),
+                               ">= 0: one value, or one per stream named as in model.rvq.stream_levels"),
 }
+
+
+def _depth_per_stream(cfg: Config) -> dict[str, float]:
+    t = cfg.export.depth_threshold
+    return dict(t) if isinstance(t, dict) else {name: t for name in cfg.model.rvq.stream_levels}
+
+
+def depth_thresholds(cfg: Config) -> dict[str, float] | None:
+    """``export.depth_threshold`` per stream where ``export.adaptive_depth`` is on, else None."""
+    return _depth_per_stream(cfg) if cfg.export.adaptive_depth else None
 
 
 def _lookup(cfg: Config, key: str) -> Any:

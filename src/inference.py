@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from src.config import Config, ConfigError
+from src.config import Config, ConfigError, ExportConfig, depth_thresholds, validate
 from src.data import keypoints as kp
 from src.data.dataset import collate
 from src.hardware import cpu_caps
@@ -37,7 +38,20 @@ def load_tokenizer(path: str | Path, device: str | torch.device = "cpu",
         cfg.model.rvq.stream_levels[name] = levels
     model = SignTokenizer.from_config(cfg)
     load_model_state(model, state["model"], path)
-    return model.to(device).eval(), cfg
+    return set_adaptive_depth(model.to(device).eval(), cfg), cfg
+
+
+def set_adaptive_depth(model: SignTokenizer, cfg: Config) -> SignTokenizer:
+    """``cfg.export``'s adaptive depth (``export.adaptive_depth`` with ``export.depth_threshold``,
+    and ``export.hand_codes``) set on ``model``'s quantiser, or unset: every way of coding
+    chunks (export, stream, evaluation) then drops the same levels, and decodes, and takes its
+    context from, what it kept. The consumers that take a config (export, the streaming
+    tokenizer) set it so on the model they are given."""
+    try:   # export.hand_codes 0: as the hands trained (model.rvq.hand_codes; 0 there too: every level)
+        model.quantizer.set_depth(depth_thresholds(cfg), cfg.export.hand_codes or cfg.model.rvq.hand_codes)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return model
 
 
 def parse_levels(text: str) -> dict[str, int]:
@@ -49,6 +63,22 @@ def parse_levels(text: str) -> dict[str, int]:
             raise ConfigError(f"--levels: expected STREAM=N with STREAM in {', '.join(kp.STREAM_NAMES)}, got {item!r}")
         out[name] = int(value)
     return out
+
+
+def depth_setting(cfg: Config, text: str) -> ExportConfig:
+    """``cfg.export`` with adaptive depth from ``text``: ``off``, one threshold for every stream
+    (``0.3``) or per stream (``LH=0.32,RH=0.32``), checked as the config file's would be."""
+    if text.strip().lower() == "off":
+        return dataclasses.replace(cfg.export, adaptive_depth=False)
+    value: float | dict[str, float]
+    try:
+        value = float(text) if "=" not in text else {
+            name.strip(): float(v) for name, v in (item.split("=", 1) for item in text.split(",") if item.strip())}
+    except ValueError:
+        raise ConfigError(f"--depth-threshold: expected off, a number or STREAM=X,..., got {text!r}") from None
+    trial = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, adaptive_depth=True, depth_threshold=value))
+    validate(trial)
+    return trial.export
 
 
 @dataclass

@@ -25,7 +25,7 @@ from src.data.causal import CausalCleaner, CausalFrames, causal_centres, concat_
 from src.data.pose import chunk
 from src.data.sample import local_chunks, to_pixels
 from src.hardware import resolve_precision
-from src.inference import bf16_weights, load_tokenizer, precision_context, shared_copy
+from src.inference import bf16_weights, load_tokenizer, precision_context, set_adaptive_depth, shared_copy
 from src.models.stitch import stitch_chunks
 from src.models.tokenizer import SignTokenizer
 from src.tokens.rle import NC
@@ -195,7 +195,7 @@ class StreamingTokenizer:
 
     def __init__(self, model: SignTokenizer, cfg: Config, device: str | torch.device = "cpu",
                  precision: str | None = None, decode: bool = False, compile: bool = False):
-        self.model, self.cfg, self.device = model.eval(), cfg, device
+        self.model, self.cfg, self.device = set_adaptive_depth(model.eval(), cfg), cfg, device
         self.precision = resolve_precision(precision or cfg.export.precision, device, "stream in bf16")
         self.step_model = step_model(self.model, self.precision, compile, decode)
         self.decode = decode

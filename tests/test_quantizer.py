@@ -506,7 +506,8 @@ def test_state_dict_round_trip_is_the_whole_state(kind):
         trained(torch.randn(shape) * 2 + 1)
     assert _plain_attributes(trained) == attrs  # training changed nothing outside the buffers
     names = {n.rsplit(".", 1)[-1] for n, _ in trained.named_buffers()}
-    assert names - {"group_levels"} == BUFFERS  # group_levels comes from the config, not the state
+    # group_levels comes from the config, depth_threshold from the export settings, not the state
+    assert names - {"group_levels", "depth_threshold"} == BUFFERS
 
     loaded, other = build(1), build(1)
     loaded.load_state_dict(trained.state_dict())
@@ -808,3 +809,103 @@ def test_refit_replaces_the_codebooks_by_residual_kmeans():
         torch.testing.assert_close(level.embed_sum, level.embed * level.cluster_size[..., None])
         assert bool(level.initted) and int(level.unused_steps.sum()) == 0
     assert torch.equal(rq.levels[0].cluster_size.sum(-1), torch.tensor([400.0, 400.0]))
+
+
+# ----------------------------------------------------------------------------- adaptive depth
+
+
+@pytest.mark.parametrize("kind,splits", [("ema", 1), ("ema", 2), ("fsq", 1), ("mixed", 1)])
+def test_adaptive_depth_stops_where_the_residual_is_small_and_decodes_what_it_kept(kind, splits):
+    """With thresholds set, a stream codes level k + 1 of a chunk only while the relative
+    residual of its first k levels (encode_with_residuals at full depth) is at least its
+    threshold; the kept codes are the full-depth ones, later ones -1 (whole levels across
+    split parts); encode and the eval forward agree, the forward's value is decode(codes);
+    a stream not named codes every level; training ignores the setting; None turns it off."""
+    torch.manual_seed(0)
+    cfg = {"ema": rvq_cfg(levels=3, splits=splits), "fsq": fsq_cfg(levels=3),
+           "mixed": fsq_cfg(levels=3, fsq_streams=["F", "LH"])}[kind]
+    z = torch.randn(300, S, 8) * 2
+    ms = fit(MultiStreamRVQ(8, cfg), z, 3).eval()
+    full, rel = ms.encode_with_residuals(z)
+
+    def between(v: torch.Tensor) -> float:   # a median off every sample: no row sits on the threshold
+        v = v.sort().values
+        return float(v[len(v) // 2 - 1: len(v) // 2 + 1].mean())
+
+    thresholds = {"LH": between(rel[:, 1, 0]), "RH": between(rel[:, 2, 1]), "F": 1e9}
+    ms.set_depth(thresholds)
+    codes = ms.encode(z)
+    out = ms(z)
+    assert torch.equal(out.codes, codes)
+    torch.testing.assert_close(out.quantized, ms.decode(codes))
+    kept = (codes >= 0).view(300, S, 3, splits)
+    assert (kept.all(-1) | ~kept.any(-1)).all()                   # whole levels only
+    depth = kept.all(-1).sum(-1)                                   # (N, S) levels kept
+    for s, name in enumerate(kp.STREAM_NAMES):
+        t = thresholds.get(name, 0.0)
+        below = rel[:, s] < t                                      # (N, levels)
+        want = torch.where(below.any(-1), below.int().argmax(-1) + 1, torch.full_like(depth[:, s], 3))
+        assert torch.equal(depth[:, s], want), name
+        assert torch.equal(codes[:, s][codes[:, s] >= 0], full[:, s][codes[:, s] >= 0])
+    assert (depth[:, 0] == 1).all() and (depth[:, 3:] == 3).all()
+    assert set(depth[:, 1].tolist()) > {1} and set(depth[:, 2].tolist()) > {2}   # mixed depths: not trivial
+    assert (ms.train()(z).codes >= 0).all()                          # training codes every level
+    ms.eval().set_depth(None)
+    assert (ms.encode(z) >= 0).all()
+
+
+@pytest.mark.parametrize("kind,splits", [("ema", 1), ("ema", 2), ("mixed", 1)])
+def test_hands_sharing_codes_keep_the_split_with_the_least_residual(kind, splits):
+    """hand_codes=4 with 3 levels per hand: every chunk keeps exactly 4 hand codes' worth of
+    levels, split (1, 3), (2, 2) or (3, 1), the one that leaves the least squared residual
+    over both hands (checked against every split); the kept codes are the full-depth ones;
+    the other streams keep every level; encode and the eval forward agree and the forward's
+    value is decode(codes); an impossible budget is refused."""
+    torch.manual_seed(0)
+    cfg = {"ema": rvq_cfg(levels=3, splits=splits), "mixed": fsq_cfg(levels=3, fsq_streams=["F", "LH"])}[kind]
+    z = torch.randn(200, S, 8) * 2
+    ms = fit(MultiStreamRVQ(8, cfg), z, 3).eval()
+    full = ms.encode(z)
+    ms.set_depth(None, hand_codes=4)
+    codes = ms.encode(z)
+    out = ms(z)
+    assert torch.equal(out.codes, codes)
+    torch.testing.assert_close(out.quantized, ms.decode(codes))
+    lh, rh = kp.STREAM_NAMES.index("LH"), kp.STREAM_NAMES.index("RH")
+    depth = (codes >= 0).sum(-1) // splits                            # (N, S) levels kept
+    assert ((depth[:, lh] + depth[:, rh]) == 4).all()
+    assert {(1, 3), (3, 1), (2, 2)} == set(zip(depth[:, lh].tolist(), depth[:, rh].tolist()))
+    others = [s for s in range(S) if s not in (lh, rh)]
+    assert torch.equal(codes[:, others], full[:, others])
+    assert torch.equal(codes[codes >= 0], full[codes >= 0])
+
+    if kind == "ema":   # the latent itself is the target: the residual is z - decode, computed here
+        def left(a: int, b: int) -> torch.Tensor:
+            cut = full.clone()
+            cut[:, lh, a * splits:], cut[:, rh, b * splits:] = -1, -1
+            return (z - ms.decode(cut))[:, [lh, rh]].square().sum((1, 2))
+
+        every = torch.stack([left(a, b) for a, b in ((1, 3), (2, 2), (3, 1))], -1)
+        kept = every.gather(1, (depth[:, lh] - 1)[:, None]).squeeze(1)   # row's split is (a, 4 - a)
+        torch.testing.assert_close(kept, every.min(-1).values)
+    with pytest.raises(ValueError, match="hand_codes=7"):
+        ms.set_depth(None, hand_codes=7)
+
+
+def test_hands_train_with_the_split_they_are_coded_at():
+    """model.rvq.hand_codes: the training forward keeps the hands' levels as export.hand_codes
+    would (4 between both hands), its value is decode(codes) for the hands, the gradient to
+    the latents is still the identity, and evaluation decodes the same split by default."""
+    torch.manual_seed(0)
+    ms = MultiStreamRVQ(8, rvq_cfg(levels=3, hand_codes=4)).train()
+    z = (torch.randn(64, S, 8) * 2).requires_grad_()
+    out = ms(z)
+    lh, rh = kp.STREAM_NAMES.index("LH"), kp.STREAM_NAMES.index("RH")
+    assert (((out.codes[:, lh] >= 0).sum(-1) + (out.codes[:, rh] >= 0).sum(-1)) == 4).all()
+    assert (out.codes[:, [0, 3, 4]] >= 0).all()
+    torch.testing.assert_close(out.quantized[:, [lh, rh]], ms.decode(out.codes)[:, [lh, rh]])
+    out.quantized.sum().backward()
+    torch.testing.assert_close(z.grad, torch.ones_like(z))
+    ms.eval()
+    assert torch.equal(ms(z.detach()).codes, ms.encode(z.detach()))
+    assert (((ms.encode(z.detach())[:, [lh, rh]] >= 0).sum((1, 2))) == 4).all()

@@ -57,9 +57,9 @@ def test_commands_use_the_shipped_model_without_checkpoint(compact, synth_root, 
 def test_the_shipped_model_gives_its_recorded_codes():
     """The committed model streams a fixed real sequence (other sources, never trained on) to the
     codes recorded when it was shipped: a change that alters the shipped tokens fails here. The
-    closest call between a chosen code and the next was 3e-4 of the distance (the face's grid:
-    0.014 of a step from a rounding boundary), far above the last-bit differences of another
-    CPU's kernels."""
+    closest calls: a chosen code and the next 4e-4 of the distance apart, the hands' split of
+    their 4 codes 7e-4 of its cost from the next split, the face's grid 9e-4 of a step from a
+    rounding boundary; all far above the last-bit differences of another CPU's kernels."""
     import json
     from pathlib import Path
 

@@ -427,3 +427,32 @@ def test_context_model_streams_as_it_exports(context_model, raw):
     pieces, _ = stream_codes(StreamingTokenizer(model, cfg), raw, [3, 0, 11, 1, 7, 0, 9])
     np.testing.assert_array_equal(pieces, offline)
     np.testing.assert_array_equal(tokenize(model, [sample])[0].codes, offline)
+
+
+@pytest.mark.parametrize("setting", ["thresholds", "hand_codes"])
+def test_adaptive_depth_streams_as_it_exports(context_model, raw, setting):
+    """Adaptive depth is decided while coding: the stream, the causal offline path and the
+    export's tokenize drop the same levels, and each chunk's context is the pose decoded from
+    the codes kept, so later chunks follow from what was dropped."""
+    from src.inference import set_adaptive_depth, tokenize
+
+    model, cfg = context_model
+    sample = {**make_sample(raw, dataclasses.replace(cfg.data, max_frames=0)), "name": "x"}
+    full = tokenize(model, [sample])[0]
+    t = float(np.median(full.residuals[:, 1:4, 0]))   # LH, RH, B after their first level
+    export = (dict(adaptive_depth=True, depth_threshold=t) if setting == "thresholds"
+              else dict(hand_codes=3))               # 2 levels per hand: (1, 2) or (2, 1)
+    adaptive = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, **export))
+    try:
+        pieces, _ = stream_codes(StreamingTokenizer(model, adaptive), raw, [3, 0, 11, 1, 7, 0, 9])
+        offline, _ = causal_codes(model, sample)
+        exported = tokenize(model, [sample])[0].codes
+    finally:
+        set_adaptive_depth(model, cfg)
+    np.testing.assert_array_equal(pieces, offline)
+    np.testing.assert_array_equal(exported, offline)
+    dropped = (full.codes >= 0) & (offline < 0)
+    assert dropped.any() and (offline[..., 1:4, 1] >= 0).any()      # some second levels dropped, some kept
+    if setting == "hand_codes":
+        assert ((offline[:, 1:3] >= 0).sum((1, 2)) == 3).all()
+    np.testing.assert_array_equal(tokenize(model, [sample])[0].codes, full.codes)   # reset: every level again

@@ -13,16 +13,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from src.config import Config, ConfigError, apply_overrides, config_differences, load_config, to_dict
+from src.config import (Config, ConfigError, apply_overrides, config_differences, depth_thresholds, load_config,
+                        to_dict)
 from src.data.dataset import PoseDataset, require_root
 from src.data.keypoints import STREAM_NAMES
 from src.data.source import DataError, split_names
 from src.hardware import resolve_precision
-from src.inference import Tokenized, tokenize
+from src.inference import Tokenized, set_adaptive_depth, tokenize
 from src.metrics.codebook_health import code_counts
 from src.models.tokenizer import SignTokenizer
 from src.tokens.records import validate_record, write_jsonl_atomic
-from src.tokens.select import adaptive_depths, unchanged_chunks
+from src.tokens.select import unchanged_chunks
 from src.tokens.sequence import TokenSettings, codes_to_streams, sequence_record
 from src.tokens.llm import SignVocab, prefix_tokens, vocab_of
 from src.tokens.template import llm_example
@@ -83,16 +84,17 @@ class ExportStats:
     """Token counts over the exported sequences (time tokens not counted)."""
 
     split: str
-    codes_per_chunk: int           # over all streams, when no level is dropped
+    codes_per_chunk: int           # over all streams, when no level is dropped (adaptive depth, hand_codes)
     rle: str                       # "lossless", "thresholded <x>" or "off"
-    adaptive_depth: str            # "off" or "threshold <x>"
+    adaptive_depth: str            # "off", "threshold <stream> <x>, ...", "hands share <n> codes"
+    codes_per_stream: dict[str, int]   # codes per chunk each stream can code
     attempted: int = 0
     exported: int = 0
     chunks: int = 0
     codes: int = 0                 # codes kept (after adaptive depth) = tokens before RLE
     tokens: int = 0                # codes + NC markers after RLE
     stream_codes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STREAM_NAMES, 0))
-    # How often each code was picked, raw (before adaptive depth and RLE): {stream: (codes per stream, K)}
+    # How often each code was picked, before RLE: {stream: (codes per stream, K)}
     raw_code_counts: dict[str, np.ndarray] = field(default_factory=dict)
 
     def add(self, counts: dict[str, int], depths: np.ndarray, codes: np.ndarray | None = None,
@@ -100,9 +102,9 @@ class ExportStats:
         """Add one exported sequence; ``codes`` (C, S, codes per stream) also counts its raw codes."""
         if codes is not None:
             per_stream = code_counts(codes, codebook_size)
-            coded = (codes >= 0).any(axis=0).sum(axis=-1)  # (S,) levels each stream codes (-1: not coded)
             for s, name in enumerate(STREAM_NAMES):
-                self.raw_code_counts[name] = self.raw_code_counts.get(name, 0) + per_stream[s, :coded[s]]
+                own = self.codes_per_stream[name]   # a level adaptive depth never reached still counts (0s)
+                self.raw_code_counts[name] = self.raw_code_counts.get(name, 0) + per_stream[s, :own]
         self.exported += 1
         self.chunks += counts["chunks"]
         self.codes += counts["codes"]
@@ -149,8 +151,12 @@ def summary_lines(stats: ExportStats, failures: list[Failure], max_listed: int =
 def _new_stats(cfg: Config, split: str) -> ExportStats:
     ex = cfg.export
     rle = "off" if not ex.enable_rle else f"thresholded {ex.rle_threshold:g}" if ex.rle_threshold > 0 else "lossless"
-    depth = f"threshold {ex.depth_threshold:g}" if ex.adaptive_depth else "off"
-    return ExportStats(split, cfg.model.rvq.codes_per_chunk, rle, depth)
+    t = depth_thresholds(cfg)
+    parts = ([] if t is None else ["threshold " + ", ".join(f"{name} {v:g}" for name, v in t.items() if v > 0)]) + \
+        ([f"hands share {ex.hand_codes} codes"] if ex.hand_codes else [])
+    depth = "; ".join(parts) or "off"
+    return ExportStats(split, cfg.model.rvq.codes_per_chunk, rle, depth,
+                       {name: cfg.model.rvq.stream_codes(name) for name in STREAM_NAMES})
 
 
 def _meta(cfg: Config, split: str, checkpoint: str, precision: str) -> dict:
@@ -162,6 +168,7 @@ def _meta(cfg: Config, split: str, checkpoint: str, precision: str) -> dict:
             "codes_per_stream": {name: rvq.stream_codes(name) for name in STREAM_NAMES},
             "adaptive_depth": ex.adaptive_depth,
             "depth_threshold": ex.depth_threshold if ex.adaptive_depth else None,
+            "hand_codes": ex.hand_codes,
             "rle_threshold": ex.rle_threshold, "max_run": ex.max_run, "precision": precision,
             **({"precision_requested": ex.precision} if precision != ex.precision else {})}
 
@@ -170,14 +177,12 @@ def tokenized_record(tok: Tokenized, cfg: Config, meta: dict, text: str | None =
                      ) -> tuple[dict, dict[str, int], np.ndarray]:
     """One tokenized sequence -> its validated record, token counts and depths (C, S)."""
     ex, settings = cfg.export, token_settings(cfg)
-    # Depths count codes: adaptive depth keeps whole levels, i.e. splits codes per level.
-    own = np.array([cfg.model.rvq.stream_codes(name) for name in STREAM_NAMES])
-    depths = np.broadcast_to(own, tok.codes.shape[:2]).copy()
-    if ex.adaptive_depth:
-        depths = np.minimum(depths, adaptive_depths(tok.residuals, ex.depth_threshold) * cfg.model.rvq.splits)
+    # Codes a chunk spends per stream: -1 marks the levels a stream does not code, or that
+    # adaptive depth dropped (the model coded the chunk so: set_adaptive_depth).
+    depths = (tok.codes >= 0).sum(-1)
     unchanged = None
     if ex.enable_rle and ex.rle_threshold > 0:
-        kept = codes_to_streams(tok.codes, depths)
+        kept = codes_to_streams(tok.codes)
         unchanged = unchanged_chunks(tok.sample["x"], tok.sample["conf"], ex.rle_threshold, kept, tok.recon)
     meta = {**meta, "num_frames": int(tok.sample["num_frames"])}
     record, counts = sequence_record(tok.name, tok.codes, settings, meta, depths, unchanged, text)
@@ -227,6 +232,7 @@ def export_tokens(model: SignTokenizer, cfg: Config, split: str, num_samples: in
     names = names[:num_samples] if num_samples > 0 else names
     dataset = PoseDataset(data_cfg, split, names=names, progress=progress)
     precision = resolve_precision(cfg.export.precision, device, "export.precision=bf16")
+    set_adaptive_depth(model, cfg)   # this export's settings, not the checkpoint's
     failures, stats = _scan_failures(names, dataset), _new_stats(cfg, split)
     meta = _meta(cfg, split, checkpoint, precision)
     stats.attempted, records = len(names), []

@@ -1,7 +1,6 @@
-"""Which codes a chunk spends: adaptive residual depth, and the thresholded "unchanged" test.
-
-Both are plain numpy on one sequence and feed :func:`src.tokens.sequence.sequence_record`
-(``depths`` and ``unchanged``).
+"""The thresholded "unchanged" test of run-length coding: plain numpy on one sequence, fed to
+:func:`src.tokens.sequence.sequence_record` (``unchanged``). Adaptive depth is decided by the
+quantiser itself (:meth:`src.models.quantizer.MultiStreamRVQ.set_depth`).
 """
 from __future__ import annotations
 
@@ -10,19 +9,6 @@ import math
 import numpy as np
 
 from src.data import keypoints as kp
-
-
-def adaptive_depths(residuals: np.ndarray, threshold: float) -> np.ndarray:
-    """Relative residual norms (C, S, levels) -> levels to keep per chunk and stream (C, S).
-
-    Keeps the levels up to and including the first one whose residual falls below
-    ``threshold`` (at least 1); all levels where none does, so ``threshold <= 0`` keeps
-    full depth.
-    """
-    residuals = np.asarray(residuals)
-    below = residuals < threshold                                  # (C, S, levels)
-    first = below.argmax(-1) + 1                                   # (C, S) 1-based
-    return np.where(below.any(-1), first, residuals.shape[-1]).astype(np.int64)
 
 
 def chunk_distance(x_a: np.ndarray, seen_a: np.ndarray, x_b: np.ndarray, seen_b: np.ndarray) -> float:

@@ -43,7 +43,7 @@ class Reconstruction:
     split: str
     original: np.ndarray
     recon: np.ndarray
-    codes_per_chunk: int          # all streams (each codes its own number of levels)
+    codes_per_chunk: float        # all streams, mean over the chunks (adaptive depth may drop levels)
     mpjpe_px: dict[str, float]    # per stream, over observed points, part centres excluded
     num_chunks: int
 
@@ -67,13 +67,14 @@ def reconstruct(model: SignTokenizer, cfg: Config, name: str | None = None, spli
     sample = PoseDataset(data_cfg, split, names=[name])[0]
     tok = tokenize(model, [sample], device)[0]
     return Reconstruction(name, split, to_pixels(sample["x"], sample, stream), to_pixels(tok.recon, sample, stream),
-                          int((tok.codes[0] >= 0).sum()), _mpjpe_px(tok.recon, sample), tok.codes.shape[0])
+                          float((tok.codes >= 0).sum() / len(tok.codes)), _mpjpe_px(tok.recon, sample),
+                          tok.codes.shape[0])
 
 
 def render_recon(rec: Reconstruction, out: str | Path, fps: int = 30, chunk_len: int = 10,
                  frame: int | None = None, max_frames: int | None = None, stream: str = "parts") -> Path:
     """Side-by-side render (GIF / MP4 / PNG by suffix of ``out``); returns the path written."""
-    label = f"{rec.codes_per_chunk} codes per chunk" + (", FB stream" if stream == "FB" else "")
+    label = f"{rec.codes_per_chunk:.3g} codes per chunk" + (", FB stream" if stream == "FB" else "")
     return render_comparison(rec.original, rec.recon, out, fps=fps, chunk_len=chunk_len,
                              titles=("original", f"reconstruction ({label})"),
                              frame=frame, max_frames=max_frames)

@@ -49,7 +49,7 @@ def usage_source(records: list[dict]) -> str:
     metas = [r.get("meta", {}) for r in records]
     thresholds = sorted({float(m.get("rle_threshold") or 0) for m in metas} - {0.0})
     lossy = [f"RLE threshold {', '.join(f'{t:g}' for t in thresholds)}"] if thresholds else []
-    lossy += ["adaptive depth"] if any(m.get("adaptive_depth") for m in metas) else []
+    lossy += ["adaptive depth"] if any(m.get("adaptive_depth") or m.get("hand_codes") for m in metas) else []
     if not lossy:
         return "raw codes (lossless RLE decodes to them)"
     return f"codes in the token file ({', '.join(lossy)}; raw codes: eval-rvq)"

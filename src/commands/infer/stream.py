@@ -52,9 +52,8 @@ def run(args: argparse.Namespace) -> int:
         print("warning: this checkpoint was trained without causal preprocessing (data.causal=false): the "
               "streamed tokens differ from its export-tokens output; train with data.causal=true for equal "
               "tokens", file=sys.stderr)
-    if cfg.export.rle_threshold > 0 or cfg.export.adaptive_depth:
-        print("note: the stream codes every level with lossless RLE (export.rle_threshold and "
-              "export.adaptive_depth apply to export-tokens only)")
+    if cfg.export.rle_threshold > 0:
+        print("note: the stream's RLE is lossless (export.rle_threshold applies to export-tokens only)")
     frames = load_frames(args.input)
     fps = float(cfg.data.fps)
     chunks, latencies = [], []

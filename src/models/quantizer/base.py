@@ -74,6 +74,19 @@ class StraightThrough(torch.autograd.Function):
         return None, grad
 
 
+def deeper(left: torch.Tensor, target: torch.Tensor, threshold: torch.Tensor, splits: int) -> torch.Tensor:
+    """Adaptive depth: the rows (G, N) whose residual ``left`` (G, N, d) is still at least
+    ``threshold`` (G,) of the norm of ``target`` (G, N, d), i.e. that code the next level.
+
+    With split latents (``splits`` consecutive groups per stream) the parts of a stream decide
+    together, on the stream's whole residual, so that a chunk keeps whole levels."""
+    left, whole = left.square().sum(-1), target.square().sum(-1)
+    if splits > 1:
+        g, n = left.shape
+        left, whole = (t.view(g // splits, splits, n).sum(1).repeat_interleave(splits, 0) for t in (left, whole))
+    return left >= threshold.square()[:, None] * whole
+
+
 def runs(on: list[bool]) -> list[slice]:
     """The runs of consecutive True entries, as slices: [F, T, T, T, F] -> [slice(1, 4)]."""
     starts = [i for i, v in enumerate(on) if v and (i == 0 or not on[i - 1])]

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from src.config import RVQConfig
-from src.models.quantizer.base import QuantizedResult, StraightThrough, all_reduce
+from src.models.quantizer.base import QuantizedResult, StraightThrough, all_reduce, deeper
 
 
 class ResidualFSQ(nn.Module):
@@ -49,6 +49,9 @@ class ResidualFSQ(nn.Module):
         self.register_buffer("scales", scales.float(), persistent=False)   # (levels, d)
         # Codes seen per level (training batches), for the health report as the EMA codebooks'.
         self.register_buffer("unused_steps", torch.zeros(cfg.levels, groups, cfg.codebook_size, dtype=torch.long))
+        # Adaptive depth as ResidualQuantizer's (MultiStreamRVQ.set_depth), in target space.
+        self.register_buffer("depth_threshold", torch.zeros(groups), persistent=False)
+        self.adaptive, self.splits = False, 1
 
     def target(self, z: torch.Tensor) -> torch.Tensor:
         """(G, N, D) latents -> (G, N, d): what the levels' rounded numbers add up to approximate."""
@@ -74,7 +77,7 @@ class ResidualFSQ(nn.Module):
 
     def forward(self, z: torch.Tensor, num_active: torch.Tensor | None = None) -> QuantizedResult:
         """z (G, N, D) -> quantized (G, N, D), codes (G, N, levels), zero losses (G,)."""
-        residual = self.target(z)
+        target = residual = self.target(z)
         out = torch.zeros_like(residual)
         codes = []
         for i in range(self.num_levels):
@@ -85,6 +88,8 @@ class ResidualFSQ(nn.Module):
             on = (self.group_levels > i)[:, None]
             if num_active is not None:
                 on = on & (num_active > i)[None]
+            if i and self.adaptive and not self.training:
+                on = on & deeper(residual, target, self.depth_threshold, self.splits)
             values = values * self.scales[i] * on[..., None].to(values.dtype)
             code = torch.where(on, code, -1)
             residual = residual - values.detach()
@@ -110,13 +115,17 @@ class ResidualFSQ(nn.Module):
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z (G, N, D) -> codes (G, N, levels); rounding only, no codebook is read."""
-        residual, codes = self.target(z), []
+        target = residual = self.target(z)
+        codes = []
         for i in range(self.num_levels):
             if i >= max(self.caps):
                 codes.append(torch.full(residual.shape[:2], -1, dtype=torch.long, device=z.device))
                 continue
             _, code = self._round(residual / self.scales[i], straight_through=False)
-            code = torch.where((self.group_levels > i)[:, None], code, -1)
+            on = (self.group_levels > i)[:, None]
+            if i and self.adaptive:
+                on = on & deeper(residual, target, self.depth_threshold, self.splits)
+            code = torch.where(on, code, -1)
             residual = residual - self._values(code, i)
             codes.append(code)
         return torch.stack(codes, -1)

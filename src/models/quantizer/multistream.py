@@ -8,9 +8,11 @@ from torch import nn
 
 from src.config import RVQConfig
 from src.data import keypoints as kp
-from src.models.quantizer.base import QuantizedResult
+from src.models.quantizer.base import QuantizedResult, StraightThrough
 from src.models.quantizer.fsq import ResidualFSQ
 from src.models.quantizer.residual import ResidualQuantizer
+
+HANDS = ("LH", "RH")
 
 
 class MultiStreamRVQ(nn.Module):
@@ -32,6 +34,7 @@ class MultiStreamRVQ(nn.Module):
             raise ValueError(f"model.rvq.splits must be >= 1 and divide model.latent_dim={dim}, got {cfg.splits}")
         self.num_levels, self.codebook_size, self.splits = cfg.levels, cfg.codebook_size, cfg.splits
         self.codes_per_stream = cfg.codes_per_stream
+        self.stream_levels = {name: cfg.stream_codes(name) // cfg.splits for name in kp.STREAM_NAMES}
         names = [name for name in kp.STREAM_NAMES for _ in range(cfg.splits)]     # per group
         levels = [cfg.stream_codes(name) // cfg.splits for name in names]
         fsq = [name in cfg.fsq_streams for name in names]
@@ -46,6 +49,8 @@ class MultiStreamRVQ(nn.Module):
         # Results of the parts, concatenated, are put back in group order by this index (None: in order).
         self.register_buffer("order", None if order == sorted(order) else torch.tensor(order).argsort(),
                              persistent=False)
+        # (LH, RH) levels a chunk may keep: trained with model.rvq.hand_codes, coded with set_depth's
+        self.hand_splits = self._hand_options(cfg.hand_codes, "model.rvq.hand_codes")
 
     def _each(self, fn: typing.Callable[[nn.Module, torch.Tensor], torch.Tensor], x: torch.Tensor,
               *more: torch.Tensor) -> torch.Tensor:
@@ -71,6 +76,48 @@ class MultiStreamRVQ(nn.Module):
         cb = self.rvq.levels[level]
         return {"embed": cb.embed[g], "cluster_size": cb.cluster_size[g], "unused_steps": cb.unused_steps[g],
                 "dead_after": cb.dead_after}
+
+    def set_depth(self, thresholds: dict[str, float] | None, hand_codes: int = 0) -> None:
+        """Adaptive depth for encoding (export, streaming, evaluation).
+
+        ``thresholds``: a stream codes its next level only while what its levels so far left is
+        at least ``thresholds[stream]`` of its latent's norm (the relative residual of
+        :meth:`encode_with_residuals`); streams not named, and ``None``, code every level;
+        training ignores them.
+        ``hand_codes`` > 0: the two hands share that many codes per chunk, split between them
+        (each 1 to its own levels) so that the least latent residual is left: a chunk whose
+        one hand signs gives it the other's deeper levels, at a fixed rate. Dropped levels
+        are -1 and decode to nothing."""
+        thresholds = thresholds or {}
+        for name, groups in self._parts:
+            q = getattr(self, name)
+            names = [kp.STREAM_NAMES[g // self.splits] for g in groups]
+            q.depth_threshold.copy_(torch.tensor([float(thresholds.get(n, 0.0)) for n in names]))
+            q.adaptive, q.splits = any(thresholds.get(n, 0.0) > 0 for n in names), self.splits
+        self.hand_splits = self._hand_options(hand_codes, "export.hand_codes")
+
+    def _hand_options(self, hand_codes: int, key: str) -> list[tuple[int, int]]:
+        """The (LH, RH) levels a chunk may keep when the hands share ``hand_codes`` ([] for 0)."""
+        caps = [self.stream_levels[h] for h in HANDS]
+        options = [(a, hand_codes - a) for a in range(1, caps[0] + 1) if 1 <= hand_codes - a <= caps[1]]
+        if hand_codes and not options:
+            raise ValueError(f"{key}={hand_codes}: the hands code 1..{caps[0]} and 1..{caps[1]} levels, "
+                             f"so they can share 2..{sum(caps)} codes per chunk")
+        return options if hand_codes else []
+
+    @torch.no_grad()
+    def _share_hand_codes(self, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """codes (N, S, codes_per_stream) with each chunk's hand levels cut to the split of
+        ``hand_splits`` that leaves the least squared latent residual over both hands."""
+        left = self._left_squares(z, codes)                                    # (N, S, 1 + levels)
+        hands = [kp.STREAM_NAMES.index(h) for h in HANDS]
+        cost = torch.stack([left[:, hands[0], a] + left[:, hands[1], b] for a, b in self.hand_splits], -1)
+        depth = torch.tensor(self.hand_splits, device=codes.device)[cost.argmin(-1)]   # (N, 2) levels kept
+        level = torch.arange(codes.shape[-1], device=codes.device) // self.splits      # each code's level
+        codes = codes.clone()
+        for i, s in enumerate(hands):
+            codes[:, s] = torch.where(level[None] < depth[:, i, None], codes[:, s], -1)
+        return codes
 
     def refit(self, z: torch.Tensor, iters: int) -> None:
         """The EMA codebooks refitted to the latents ``z`` (N, S, D) by residual k-means (FSQ has none)."""
@@ -107,13 +154,22 @@ class MultiStreamRVQ(nn.Module):
         r = parts[0] if len(parts) == 1 else QuantizedResult(*(
             self._in_order([getattr(p, f) for p in parts]) for f in ("quantized", "codes", "commit_loss", "usage_loss")))
         commit, usage = (t.view(-1, self.splits).mean(1) for t in (r.commit_loss, r.usage_loss))
-        return QuantizedResult(self._streams(r.quantized), self._stream_codes(r.codes), commit, usage)
+        codes, quantized = self._stream_codes(r.codes), self._streams(r.quantized)
+        if self.hand_splits:   # the decode of the codes kept (the hands' with the identity gradient in training)
+            codes = self._share_hand_codes(z, codes)
+            kept = self.decode(codes)
+            if not self.training:
+                return QuantizedResult(kept, codes, commit, usage)
+            hands = torch.tensor([kp.STREAM_NAMES.index(h) for h in HANDS], device=z.device)
+            quantized = quantized.index_copy(1, hands, StraightThrough.apply(kept[:, hands], z[:, hands]))
+        return QuantizedResult(quantized, codes, commit, usage)
 
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z (N, S, D) -> codes (N, S, codes_per_stream)."""
         with torch.autocast(z.device.type, enabled=False):
-            return self._stream_codes(self._each(lambda q, x: q.encode(x), self._groups(z)))
+            codes = self._stream_codes(self._each(lambda q, x: q.encode(x), self._groups(z)))
+            return self._share_hand_codes(z, codes) if self.hand_splits else codes
 
     @torch.no_grad()
     def encode_with_residuals(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,19 +177,21 @@ class MultiStreamRVQ(nn.Module):
         FSQ's projection of it) left after each level, relative to the target's (N, S, levels):
         the exact error of decoding the first k levels, as adaptive depth uses them."""
         codes = self.encode(z)
+        norms = self._left_squares(z, codes).sqrt()
+        return codes, norms[..., 1:] / norms[..., :1].clamp_min(1e-8)
+
+    def _left_squares(self, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """|target|^2 and |target - its first k levels|^2 of each stream and row: (N, S, 1 + levels)."""
         with torch.autocast(z.device.type, enabled=False):
-            groups = self._group_codes(codes)
 
             def squares(q: nn.Module, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-                """|target|^2 and |target - first k levels|^2 per group and row: (g, N, 1 + levels)."""
                 t = q.target(x)
                 left = [(t - q.approximate(c[..., :k])).square().sum(-1) for k in range(1, self.num_levels + 1)]
-                return torch.stack([t.square().sum(-1)] + left, -1)
+                return torch.stack([t.square().sum(-1)] + left, -1)   # (g, N, 1 + levels)
 
-            sq = self._each(squares, self._groups(z), groups)
+            sq = self._each(squares, self._groups(z), self._group_codes(codes))
         g, n, m = sq.shape
-        norms = sq.view(g // self.splits, self.splits, n, m).sum(1).sqrt().transpose(0, 1)  # (N, S, 1 + levels)
-        return codes, norms[..., 1:] / norms[..., :1].clamp_min(1e-8)
+        return sq.view(g // self.splits, self.splits, n, m).sum(1).transpose(0, 1)
 
     def _group_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """The inverse of :meth:`_stream_codes` for the first k levels: (N, S, k * splits) -> (S * splits, N, k)."""

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from src.config import RVQConfig
-from src.models.quantizer.base import QuantizedResult, StraightThrough, broadcast, runs
+from src.models.quantizer.base import QuantizedResult, StraightThrough, broadcast, deeper, runs
 from src.models.quantizer.codebook import Codebook, kmeans, sq_distances
 
 
@@ -28,6 +28,10 @@ class ResidualQuantizer(nn.Module):
         # > 0: encode picks codes from this many candidates of an int8 or bf16 first pass, rescored
         # in fp32 (Codebook.encode_shortlist); set on the bf16 streaming copy only, never trained with.
         self.shortlist = 0
+        # Adaptive depth, set by MultiStreamRVQ.set_depth for export and streaming (never used in
+        # training): per group, the share of the target's norm below which a row codes no more levels.
+        self.register_buffer("depth_threshold", torch.zeros(groups), persistent=False)
+        self.adaptive, self.splits = False, 1
 
     @torch.no_grad()
     def refit(self, z: torch.Tensor, iters: int) -> None:
@@ -75,6 +79,9 @@ class ResidualQuantizer(nn.Module):
             if not bool(on.all()):
                 q, c = q * on[:, None, None].to(q.dtype), torch.where(on[:, None], c, -1)
                 commit, usage = commit * on, usage * on
+            if i and self.adaptive and not self.training:
+                more = deeper(residual, x, self.depth_threshold, self.splits)
+                q, c = q * more[..., None].to(q.dtype), torch.where(more, c, -1)
             if i + 1 < len(self.levels):
                 residual = residual - q
             out = q if out is None else out + q   # 0 + q is q: the first level needs no zeros
@@ -88,7 +95,8 @@ class ResidualQuantizer(nn.Module):
     @torch.no_grad()
     def encode(self, z: torch.Tensor) -> torch.Tensor:
         """z (G, N, D) -> codes (G, N, levels); the export and streaming path."""
-        residual, codes, caps = self.target(z), [], self.caps
+        x = self.target(z)
+        residual, codes, caps = x, [], self.caps
         for i, level in enumerate(self.levels):
             # Only the groups that code this level are compared with its codebooks (F and FB
             # code 1 of the default 2 levels: 2 of 5 codebooks of level 2 are never read).
@@ -96,6 +104,8 @@ class ResidualQuantizer(nn.Module):
             for run in runs([cap > i for cap in caps]):
                 code[run] = (level.encode_shortlist(residual[run], run, self.shortlist) if self.shortlist
                              else level.encode(residual[run], run))
+            if i and self.adaptive:
+                code = torch.where(deeper(residual, x, self.depth_threshold, self.splits), code, -1)
             codes.append(code)
             if i + 1 < len(self.levels):
                 residual = residual - level.decode(code)
