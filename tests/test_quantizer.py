@@ -854,7 +854,7 @@ def test_adaptive_depth_stops_where_the_residual_is_small_and_decodes_what_it_ke
     assert (ms.encode(z) >= 0).all()
 
 
-@pytest.mark.parametrize("kind,splits", [("ema", 1), ("ema", 2), ("mixed", 1)])
+@pytest.mark.parametrize("kind,splits", [("ema", 1), ("ema", 2), ("fsq face", 1)])
 def test_hands_sharing_codes_keep_the_split_with_the_least_residual(kind, splits):
     """hand_codes=4 with 3 levels per hand: every chunk keeps exactly 4 hand codes' worth of
     levels, split (1, 3), (2, 2) or (3, 1), the one that leaves the least squared residual
@@ -862,10 +862,12 @@ def test_hands_sharing_codes_keep_the_split_with_the_least_residual(kind, splits
     the other streams keep every level; encode and the eval forward agree and the forward's
     value is decode(codes); an impossible budget is refused."""
     torch.manual_seed(0)
-    cfg = {"ema": rvq_cfg(levels=3, splits=splits), "mixed": fsq_cfg(levels=3, fsq_streams=["F", "LH"])}[kind]
+    cfg = {"ema": rvq_cfg(levels=3, splits=splits), "fsq face": fsq_cfg(levels=3, fsq_streams=["F"])}[kind]
     z = torch.randn(200, S, 8) * 2
     ms = fit(MultiStreamRVQ(8, cfg), z, 3).eval()
     full = ms.encode(z)
+    with pytest.raises(ValueError, match="needs the hands on EMA codebooks"):
+        MultiStreamRVQ(8, fsq_cfg(levels=3, fsq_streams=["F", "LH"])).set_depth(None, hand_codes=4)
     ms.set_depth(None, hand_codes=4)
     codes = ms.encode(z)
     out = ms(z)

@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth-threshold", metavar="off|X|STREAM=X,...",
                    help="adaptive depth as export.depth_threshold: off, one value for every stream, or per "
                         "stream, e.g. LH=0.32,RH=0.32 (default: the checkpoint's export settings)")
+    p.add_argument("--hand-codes", type=int, metavar="N",
+                   help="as export.hand_codes: the hands share N codes per chunk (0: as the model trained; "
+                        "default: the checkpoint's export settings)")
     p.add_argument("--rle-threshold", type=float,
                    help="also count tokens after thresholded RLE, as export.rle_threshold (eyelid units)")
     p.add_argument("--hold-motion-px", type=float, default=0.5,
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     from pathlib import Path
 
+    from src.config import validate
     from src.inference import depth_setting, load_tokenizer, parse_levels, set_adaptive_depth
     from src.metrics.report import evaluation_report, failed_checks, table
     from src.metrics.shifts import select, shift_markdown, shift_report
@@ -71,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
         cfg.export = dataclasses.replace(cfg.export, rle_threshold=args.rle_threshold)
     if args.depth_threshold is not None:
         cfg.export = depth_setting(cfg, args.depth_threshold)
-        set_adaptive_depth(model, cfg)
+    if args.hand_codes is not None:
+        cfg.export = dataclasses.replace(cfg.export, hand_codes=args.hand_codes)
+        validate(cfg)
+    set_adaptive_depth(model, cfg)
     modes = {"checkpoint": [cfg.data.causal], "off": [False], "on": [True], "both": [False, True]}[args.causal]
     reports = {}
     for causal in modes:

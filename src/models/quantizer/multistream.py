@@ -98,21 +98,32 @@ class MultiStreamRVQ(nn.Module):
 
     def _hand_options(self, hand_codes: int, key: str) -> list[tuple[int, int]]:
         """The (LH, RH) levels a chunk may keep when the hands share ``hand_codes`` ([] for 0)."""
+        if not hand_codes:
+            return []
         caps = [self.stream_levels[h] for h in HANDS]
         options = [(a, hand_codes - a) for a in range(1, caps[0] + 1) if 1 <= hand_codes - a <= caps[1]]
-        if hand_codes and not options:
+        if not options:
             raise ValueError(f"{key}={hand_codes}: the hands code 1..{caps[0]} and 1..{caps[1]} levels, "
                              f"so they can share 2..{sum(caps)} codes per chunk")
-        return options if hand_codes else []
+        if not set(self._hand_groups()) <= set(dict(self._parts).get("rvq", [])):
+            raise ValueError(f"{key}={hand_codes} needs the hands on EMA codebooks (not in model.rvq.fsq_streams)")
+        return options
+
+    def _hand_groups(self) -> list[int]:
+        """The groups of both hands, LH's parts first."""
+        return [kp.STREAM_NAMES.index(h) * self.splits + p for h in HANDS for p in range(self.splits)]
 
     @torch.no_grad()
     def _share_hand_codes(self, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """codes (N, S, codes_per_stream) with each chunk's hand levels cut to the split of
         ``hand_splits`` that leaves the least squared latent residual over both hands."""
-        left = self._left_squares(z, codes)                                    # (N, S, 1 + levels)
-        hands = [kp.STREAM_NAMES.index(h) for h in HANDS]
-        cost = torch.stack([left[:, hands[0], a] + left[:, hands[1], b] for a, b in self.hand_splits], -1)
+        groups = self._hand_groups()
+        own = [dict(self._parts)["rvq"].index(g) for g in groups]                # rows of the EMA codebooks
+        left = self.rvq.left_squares(self._groups(z)[groups], self._group_codes(codes)[groups], own)
+        left = left.view(2, self.splits, *left.shape[1:]).sum(1)                # (2, N, 1 + levels)
+        cost = torch.stack([left[0, :, a] + left[1, :, b] for a, b in self.hand_splits], -1)
         depth = torch.tensor(self.hand_splits, device=codes.device)[cost.argmin(-1)]   # (N, 2) levels kept
+        hands = [kp.STREAM_NAMES.index(h) for h in HANDS]
         level = torch.arange(codes.shape[-1], device=codes.device) // self.splits      # each code's level
         codes = codes.clone()
         for i, s in enumerate(hands):

@@ -111,6 +111,20 @@ class ResidualQuantizer(nn.Module):
                 residual = residual - level.decode(code)
         return torch.stack(codes, -1)
 
+    def left_squares(self, z: torch.Tensor, codes: torch.Tensor, groups: list[int]) -> torch.Tensor:
+        """|target|^2 and |target - its first k levels|^2 of some groups: latents ``z`` (g, N, D) and
+        codes (g, N, levels) of the groups ``groups`` -> (g, N, 1 + levels). Only their codebook
+        rows are read (the hands' split of their codes, at every streamed chunk)."""
+        t = self.target(z)
+        left, approx = [t.square().sum(-1)], torch.zeros_like(t)
+        first = torch.tensor(groups, device=codes.device)[:, None] * self.levels[0].size   # each group's first row
+        for i, level in enumerate(self.levels[:codes.shape[-1]]):
+            code = codes[..., i]
+            rows = level.embed.view(-1, t.shape[-1]).index_select(0, (code.clamp_min(0) + first).view(-1))
+            approx = approx + rows.view_as(t) * (code >= 0)[..., None].to(t.dtype)
+            left.append((t - approx).square().sum(-1))
+        return torch.stack(left, -1)
+
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (G, N, levels) -> (G, N, D), summing codewords in level order as the forward does."""
         embed = self.levels[0].embed
