@@ -243,3 +243,24 @@ def test_fsq_levels_must_multiply_to_the_codebook_size():
         load_config(None, ["model.rvq.fsq_streams=[face]"])
     with pytest.raises(ConfigError, match=r"model.rvq.fsq_levels\[1\]: expected int"):
         load_config(None, ["model.rvq.fsq_levels=[8,x]"])
+
+
+def test_depth_settings_read_one_value_or_one_per_stream_and_refuse_the_rest():
+    """export.depth_threshold as one value or per stream (in the file, on the command line and
+    as eval-rvq's --depth-threshold), each checked; export.hand_codes 0 or >= 2."""
+    from src.config import depth_thresholds, validate
+    from src.inference import depth_setting
+
+    cfg = Config()
+    assert depth_thresholds(cfg) is None                                       # adaptive_depth off
+    on = apply_overrides(Config(), ["export.adaptive_depth=true", "export.depth_threshold={LH: 0.3}"])
+    assert depth_thresholds(validate(on)) == {"LH": 0.3}
+    every = depth_setting(cfg, "0.2")
+    assert every.adaptive_depth and every.depth_threshold == 0.2
+    assert depth_setting(cfg, "LH=0.32, RH=0.3").depth_threshold == {"LH": 0.32, "RH": 0.3}
+    assert depth_setting(on, "off").adaptive_depth is False
+    for bad in ("LH=x", "XX=0.3", "-1", "LH=-0.1"):
+        with pytest.raises(ConfigError):
+            depth_setting(cfg, bad)
+    with pytest.raises(ConfigError, match="export.hand_codes"):
+        validate(apply_overrides(Config(), ["export.hand_codes=1"]))
