@@ -97,20 +97,18 @@ class ExportStats:
     # How often each code was picked, before RLE: {stream: (codes per stream, K)}
     raw_code_counts: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def add(self, counts: dict[str, int], depths: np.ndarray, codes: np.ndarray | None = None,
-            codebook_size: int = 0) -> None:
-        """Add one exported sequence; ``codes`` (C, S, codes per stream) also counts its raw codes."""
-        if codes is not None:
-            per_stream = code_counts(codes, codebook_size)
-            for s, name in enumerate(STREAM_NAMES):
-                own = self.codes_per_stream[name]   # a level adaptive depth never reached still counts (0s)
-                self.raw_code_counts[name] = self.raw_code_counts.get(name, 0) + per_stream[s, :own]
+    def add(self, counts: dict[str, int], codes: np.ndarray, codebook_size: int) -> None:
+        """Add one exported sequence: its token counts and codes (C, S, codes per stream; -1 where
+        a stream codes no level or adaptive depth dropped it)."""
+        per_stream = code_counts(codes, codebook_size)
+        for s, name in enumerate(STREAM_NAMES):
+            own = self.codes_per_stream[name]   # a level adaptive depth never reached still counts (0s)
+            self.raw_code_counts[name] = self.raw_code_counts.get(name, 0) + per_stream[s, :own]
+            self.stream_codes[name] += int((codes[:, s] >= 0).sum())
         self.exported += 1
         self.chunks += counts["chunks"]
         self.codes += counts["codes"]
         self.tokens += counts["tokens"]
-        for s, name in enumerate(STREAM_NAMES):
-            self.stream_codes[name] += int(depths[:, s].sum())
 
     @property
     def success_rate(self) -> float:
@@ -174,20 +172,17 @@ def _meta(cfg: Config, split: str, checkpoint: str, precision: str) -> dict:
 
 
 def tokenized_record(tok: Tokenized, cfg: Config, meta: dict, text: str | None = None
-                     ) -> tuple[dict, dict[str, int], np.ndarray]:
-    """One tokenized sequence -> its validated record, token counts and depths (C, S)."""
+                     ) -> tuple[dict, dict[str, int]]:
+    """One tokenized sequence -> its validated record and token counts."""
     ex, settings = cfg.export, token_settings(cfg)
-    # Codes a chunk spends per stream: -1 marks the levels a stream does not code, or that
-    # adaptive depth dropped (the model coded the chunk so: set_adaptive_depth).
-    depths = (tok.codes >= 0).sum(-1)
     unchanged = None
     if ex.enable_rle and ex.rle_threshold > 0:
         kept = codes_to_streams(tok.codes)
         unchanged = unchanged_chunks(tok.sample["x"], tok.sample["conf"], ex.rle_threshold, kept, tok.recon)
     meta = {**meta, "num_frames": int(tok.sample["num_frames"])}
-    record, counts = sequence_record(tok.name, tok.codes, settings, meta, depths, unchanged, text)
+    record, counts = sequence_record(tok.name, tok.codes, settings, meta, unchanged, text)
     validate_record(record, settings.num_levels, settings.codebook_size)
-    return record, counts, depths
+    return record, counts
 
 
 def _scan_failures(names: list[str], dataset: PoseDataset) -> list[Failure]:
@@ -242,12 +237,12 @@ def export_tokens(model: SignTokenizer, cfg: Config, split: str, num_samples: in
             samples = _load(dataset, indices, failures)
             for tok in tokenize(model, samples, device, precision) if samples else []:
                 try:
-                    record, counts, depths = tokenized_record(tok, cfg, meta, _text(dataset, tok.name))
+                    record, counts = tokenized_record(tok, cfg, meta, _text(dataset, tok.name))
                 except ValueError as e:
                     failures.append((tok.name, str(e)))
                     continue
                 records.append(record)
-                stats.add(counts, depths, tok.codes, cfg.model.rvq.codebook_size)
+                stats.add(counts, tok.codes, cfg.model.rvq.codebook_size)
             bar.update(len(indices))
     return records, stats, failures
 

@@ -26,27 +26,23 @@ class TokenSettings:
     max_chunks: int | None = None
 
 
-def codes_to_streams(codes: np.ndarray, depths: np.ndarray | None = None) -> dict[str, list[list[int]]]:
-    """codes (C, S, levels) -> {stream: per chunk, its codes}; ``depths`` (C, S) keeps the first k levels.
+def codes_to_streams(codes: np.ndarray) -> dict[str, list[list[int]]]:
+    """codes (C, S, levels) -> {stream: per chunk, its codes}.
 
-    Ids of -1 (levels a stream does not code) are dropped.
+    Ids of -1 (levels a stream does not code, or that adaptive depth dropped) are left out.
     """
-    out = {}
-    for s, name in enumerate(STREAM_NAMES):
-        col = [[c for c in row if c >= 0] for row in codes[:, s].tolist()]
-        out[name] = col if depths is None else [c[:int(k)] for c, k in zip(col, depths[:, s])]
-    return out
+    return {name: [[c for c in row if c >= 0] for row in codes[:, s].tolist()] for s, name in enumerate(STREAM_NAMES)}
 
 
 def sequence_record(name: str, codes: np.ndarray, settings: TokenSettings, meta: dict,
-                    depths: np.ndarray | None = None, unchanged: dict[str, list[bool]] | None = None,
+                    unchanged: dict[str, list[bool]] | None = None,
                     text: str | None = None) -> tuple[dict, dict[str, int]]:
     """Build the record of one sequence and its token counts before and after RLE.
 
     ``unchanged`` (thresholded RLE) marks chunks close enough to their run's anchor to
     count as unchanged; without it, only identical codes form runs (lossless).
     """
-    streams = codes_to_streams(codes, depths)
+    streams = codes_to_streams(codes)
     if settings.enable_rle:
         entries = rle_encode(streams, unchanged, settings.max_run)
     else:

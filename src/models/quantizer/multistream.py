@@ -36,7 +36,7 @@ class MultiStreamRVQ(nn.Module):
         self.codes_per_stream = cfg.codes_per_stream
         self.stream_levels = {name: cfg.stream_codes(name) // cfg.splits for name in kp.STREAM_NAMES}
         names = [name for name in kp.STREAM_NAMES for _ in range(cfg.splits)]     # per group
-        levels = [cfg.stream_codes(name) // cfg.splits for name in names]
+        levels = [self.stream_levels[name] for name in names]
         fsq = [name in cfg.fsq_streams for name in names]
         self.rvq = self.fsq = None
         self._parts: list[tuple[str, list[int]]] = []   # (attribute, its groups)
@@ -166,13 +166,11 @@ class MultiStreamRVQ(nn.Module):
             self._in_order([getattr(p, f) for p in parts]) for f in ("quantized", "codes", "commit_loss", "usage_loss")))
         commit, usage = (t.view(-1, self.splits).mean(1) for t in (r.commit_loss, r.usage_loss))
         codes, quantized = self._stream_codes(r.codes), self._streams(r.quantized)
-        if self.hand_splits:   # the decode of the codes kept (the hands' with the identity gradient in training)
+        if self.hand_splits:   # the hands' value: the decode of the codes kept (identity gradient in training)
             codes = self._share_hand_codes(z, codes)
-            kept = self.decode(codes)
-            if not self.training:
-                return QuantizedResult(kept, codes, commit, usage)
             hands = torch.tensor([kp.STREAM_NAMES.index(h) for h in HANDS], device=z.device)
-            quantized = quantized.index_copy(1, hands, StraightThrough.apply(kept[:, hands], z[:, hands]))
+            kept = self.decode(codes)[:, hands]
+            quantized = quantized.index_copy(1, hands, StraightThrough.apply(kept, z[:, hands]) if self.training else kept)
         return QuantizedResult(quantized, codes, commit, usage)
 
     @torch.no_grad()
@@ -188,21 +186,19 @@ class MultiStreamRVQ(nn.Module):
         FSQ's projection of it) left after each level, relative to the target's (N, S, levels):
         the exact error of decoding the first k levels, as adaptive depth uses them."""
         codes = self.encode(z)
-        norms = self._left_squares(z, codes).sqrt()
-        return codes, norms[..., 1:] / norms[..., :1].clamp_min(1e-8)
-
-    def _left_squares(self, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-        """|target|^2 and |target - its first k levels|^2 of each stream and row: (N, S, 1 + levels)."""
         with torch.autocast(z.device.type, enabled=False):
+            groups = self._group_codes(codes)
 
             def squares(q: nn.Module, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+                """|target|^2 and |target - first k levels|^2 per group and row: (g, N, 1 + levels)."""
                 t = q.target(x)
                 left = [(t - q.approximate(c[..., :k])).square().sum(-1) for k in range(1, self.num_levels + 1)]
-                return torch.stack([t.square().sum(-1)] + left, -1)   # (g, N, 1 + levels)
+                return torch.stack([t.square().sum(-1)] + left, -1)
 
-            sq = self._each(squares, self._groups(z), self._group_codes(codes))
+            sq = self._each(squares, self._groups(z), groups)
         g, n, m = sq.shape
-        return sq.view(g // self.splits, self.splits, n, m).sum(1).transpose(0, 1)
+        norms = sq.view(g // self.splits, self.splits, n, m).sum(1).sqrt().transpose(0, 1)  # (N, S, 1 + levels)
+        return codes, norms[..., 1:] / norms[..., :1].clamp_min(1e-8)
 
     def _group_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """The inverse of :meth:`_stream_codes` for the first k levels: (N, S, k * splits) -> (S * splits, N, k)."""
