@@ -72,7 +72,10 @@ class RVQConfig:
     ema_decay: float = 0.99
     laplace_eps: float = 1e-5
     commitment_beta: float = 0.25
-    dead_after_steps: int = 20       # a code unused this many steps is restarted
+    # a code that no training row picked in this many rows (the global batch's, counted per
+    # codebook) is restarted; in rows, not steps, so that a small batch (a CPU run's ~30 rows per
+    # step) keeps the codes a larger one would: 20 steps of 32 rows restarted most codes (docs/fitting.md)
+    dead_after_rows: int = 16384
     init: str = "kmeans"             # kmeans | sample | random (first batch)
     kmeans_iters: int = 10
     usage_temperature: float = 0.1   # soft assignment temperature, in units of each row's distance std
@@ -451,7 +454,7 @@ _RANGES: dict[str, tuple[typing.Callable[[Config], bool], str]] = {
                          "a divisor of model.latent_dim"),
     "model.rvq.ema_decay": (lambda c: 0 <= c.model.rvq.ema_decay < 1, "in [0, 1)"),
     "model.rvq.laplace_eps": (lambda c: c.model.rvq.laplace_eps > 0, "> 0"),
-    "model.rvq.dead_after_steps": (lambda c: c.model.rvq.dead_after_steps >= 1, ">= 1"),
+    "model.rvq.dead_after_rows": (lambda c: c.model.rvq.dead_after_rows >= 1, ">= 1"),
     "model.rvq.kmeans_iters": (lambda c: c.model.rvq.kmeans_iters >= 0, ">= 0"),
     "model.rvq.usage_temperature": (lambda c: c.model.rvq.usage_temperature > 0, "> 0"),
     "model.rvq.usage_rows": (lambda c: c.model.rvq.usage_rows >= 0, ">= 0 (0 = every row)"),

@@ -25,7 +25,7 @@ def _data(steps: int = 4, groups: int = 2, n: int = 64, dim: int = 8) -> torch.T
 
 def _codebook(dead_after: int) -> Codebook:
     torch.manual_seed(1)  # same initial codebook everywhere
-    return Codebook(8, RVQConfig(codebook_size=16, init="random", dead_after_steps=dead_after), groups=2)
+    return Codebook(8, RVQConfig(codebook_size=16, init="random", dead_after_rows=dead_after), groups=2)
 
 
 def _init(rank: int, tmp: str) -> None:
@@ -37,7 +37,7 @@ def _codebook_worker(rank: int, tmp: str) -> None:
     _init(rank, tmp)
     try:
         data = _data()
-        cb = _codebook(dead_after=1000).train()
+        cb = _codebook(dead_after=10**9).train()
         for batch in data:
             cb(batch.chunk(WORLD, dim=1)[rank])  # each rank sees its half of every batch
         torch.save(cb.state_dict(), f"{tmp}/ema{rank}.pt")
@@ -52,7 +52,7 @@ def _codebook_worker(rank: int, tmp: str) -> None:
 
 def test_ema_over_ranks_equals_one_process_on_the_whole_batch(tmp_path):
     mp.spawn(_codebook_worker, args=(str(tmp_path),), nprocs=WORLD)
-    single = _codebook(dead_after=1000).train()
+    single = _codebook(dead_after=10**9).train()
     for batch in _data():
         single(batch)
     expected = single.state_dict()
@@ -61,7 +61,7 @@ def test_ema_over_ranks_equals_one_process_on_the_whole_batch(tmp_path):
         for k, v in expected.items():
             assert torch.allclose(got[k].double(), v.double(), atol=1e-5), (rank, k)
     a, b = (torch.load(tmp_path / f"restart{r}.pt") for r in range(WORLD))
-    assert int(a["unused_steps"].eq(0).sum()) > 0
+    assert int(a["unused_rows"].eq(0).sum()) > 0
     for k in a:  # dead-code restarts are drawn on rank 0 and broadcast: bit-identical
         assert torch.equal(a[k], b[k]), k
     fresh = _codebook(dead_after=1)

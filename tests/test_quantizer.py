@@ -20,13 +20,13 @@ from src.models.quantizer import Codebook, MultiStreamRVQ, ResidualQuantizer, sq
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny ops: a second thread only adds contention
 
 S = len(kp.STREAM_NAMES)
-BUFFERS = {"initted", "embed", "embed_sum", "cluster_size", "unused_steps", "updates"}
-NEVER = 10**9  # dead_after_steps that never restarts
+BUFFERS = {"initted", "embed", "embed_sum", "cluster_size", "unused_rows", "updates"}
+NEVER = 10**9  # dead_after_rows that never restarts
 
 
 def rvq_cfg(**overrides) -> RVQConfig:
     """Every stream codes every level unless ``stream_levels`` is given."""
-    values = dict(levels=3, codebook_size=16, kmeans_iters=5, dead_after_steps=NEVER, fsq_streams=[])
+    values = dict(levels=3, codebook_size=16, kmeans_iters=5, dead_after_rows=NEVER, fsq_streams=[])
     values.update(overrides)
     values.setdefault("stream_levels", {name: values["levels"] for name in kp.STREAM_NAMES})
     return RVQConfig(**values)
@@ -204,7 +204,7 @@ def test_ema_update_is_laplace_smoothed_lerp_of_running_sums():
     torch.testing.assert_close(cb.embed_sum[0], new_sum)
     torch.testing.assert_close(cb.embed[0], new_sum / smoothed[:, None])
     assert int(cb.updates) == 10**6 + 1
-    assert cb.unused_steps.tolist() == [[0, 1, 1, 1]]
+    assert cb.unused_rows.tolist() == [[0, 3, 3, 3]]   # the 3 rows of the step
 
 
 @pytest.mark.parametrize("t", [0, 3, 40, 10**5])
@@ -270,8 +270,8 @@ def test_commitment_gradient_pulls_z_towards_its_codeword():
 
 
 def test_dead_codes_are_restarted_from_the_batch_and_recent_ones_kept():
-    dead_after = 3
-    cfg = rvq_cfg(codebook_size=8, dead_after_steps=dead_after, ema_decay=0.9, init="random")
+    dead_after = 100   # rows: the three batches below hold 32, 36 and 32
+    cfg = rvq_cfg(codebook_size=8, dead_after_rows=dead_after, ema_decay=0.9, init="random")
     torch.manual_seed(0)
     cb = Codebook(4, cfg).train()
     embed = torch.cat([torch.tensor([[0.0] * 4, [5.0] * 4, [-5.0] * 4]), 50 + torch.randn(5, 4)])
@@ -281,14 +281,16 @@ def test_dead_codes_are_restarted_from_the_batch_and_recent_ones_kept():
     near0, near1 = 0.1 * torch.randn(16, 4), 5 + 0.1 * torch.randn(16, 4)
     batch = torch.cat([near0, near1])
     batches = [batch, torch.cat([batch, -5 + 0.1 * torch.randn(4, 4)]), batch]  # code 2 used at step 2 only
+    rows = 0
     for step, x in enumerate(batches, 1):
         cb(one(x))
         ref(one(x))
-        if step < dead_after:
-            assert cb.unused_steps[0, 3:].tolist() == [step] * 5  # counting up
+        rows += len(x)
+        if step < len(batches):
+            assert cb.unused_rows[0, 3:].tolist() == [rows] * 5  # counting the rows seen, up to 68
             assert torch.equal(cb.embed, ref.embed)              # nothing restarted yet
     x = batches[-1]
-    assert cb.unused_steps[0].tolist() == [0, 0, 1] + [0] * 5    # restarted ones reset; code 2 counts on
+    assert cb.unused_rows[0].tolist() == [0, 0, 32] + [0] * 5   # restarted ones reset; code 2 counts on
     assert torch.equal(cb.embed[0, :3], ref.embed[0, :3])        # used codes untouched by the restart
     spread = (x - x.mean(0)).norm(dim=-1).mean()
     to_batch = torch.cdist(cb.embed[0, 3:], x).min(-1).values
@@ -302,7 +304,7 @@ def test_restart_jitter_follows_the_batch_spread_not_its_offset():
     offset = torch.tensor([1000.0, -2000.0, 500.0, 3000.0])
     torch.manual_seed(0)
     x = offset + 0.1 * torch.randn(32, 4)
-    cb = Codebook(4, rvq_cfg(codebook_size=8, dead_after_steps=1, init="random")).train()
+    cb = Codebook(4, rvq_cfg(codebook_size=8, dead_after_rows=1, init="random")).train()
     _, codes, _, _ = cb(one(x))
     restarted = torch.ones(8, dtype=torch.bool)
     restarted[codes[0]] = False
@@ -495,7 +497,7 @@ def _plain_attributes(module: torch.nn.Module) -> dict[str, dict]:
 def test_state_dict_round_trip_is_the_whole_state(kind):
     def build(seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
-        cfg = rvq_cfg(codebook_size=16, levels=2, dead_after_steps=2)
+        cfg = rvq_cfg(codebook_size=16, levels=2, dead_after_rows=24)
         return Codebook(4, cfg, groups=S) if kind == "codebook" else MultiStreamRVQ(4, cfg)
 
     shape = (S, 48, 4) if kind == "codebook" else (12, S, 4)
@@ -760,7 +762,7 @@ def test_fsq_counts_unused_codes_for_the_health_report():
     torch.manual_seed(0)
     q = MultiStreamRVQ(8, fsq_cfg()).train()
     q(torch.randn(30, S, 8))
-    unused = q.codebook("LH", 0)["unused_steps"]
+    unused = q.codebook("LH", 0)["unused"]
     assert unused.shape == (60,) and set(unused.unique().tolist()) == {0, 1}
     assert q.codebook("LH", 0)["dead_after"] is None
 
@@ -807,7 +809,7 @@ def test_refit_replaces_the_codebooks_by_residual_kmeans():
     assert (out.codes[1, :, 1] == -1).all()
     for level in rq.levels:
         torch.testing.assert_close(level.embed_sum, level.embed * level.cluster_size[..., None])
-        assert bool(level.initted) and int(level.unused_steps.sum()) == 0
+        assert bool(level.initted) and int(level.unused_rows.sum()) == 0
     assert torch.equal(rq.levels[0].cluster_size.sum(-1), torch.tensor([400.0, 400.0]))
 
 

@@ -115,6 +115,30 @@ def test_checkpoint_from_before_reference_poses_fsq_and_placed_parts_reads_as_be
     assert old.data.reference == "none" and old.model.rvq.fsq_streams == [] and not old.model.fb_from_parts
 
 
+def test_checkpoint_that_counted_restarts_in_steps_loads_and_resumes(tiny_checkpoint, synth_root, tmp_path):
+    """A checkpoint of the version that restarted codes unused for N steps (``dead_after_steps``,
+    buffers ``unused_steps``) loads with every code counted as just used, and resumes."""
+    from src.config import RVQConfig
+    from src.inference import load_tokenizer
+    from src.train.checkpoint import config_from_checkpoint, save_checkpoint
+
+    state = load_checkpoint(tiny_checkpoint)
+    rvq = state["config"]["model"]["rvq"]
+    rvq["dead_after_steps"] = rvq.pop("dead_after_rows")
+    rows = [k for k in state["model"] if k.endswith(".unused_rows")]
+    assert rows
+    for key in rows:
+        state["model"][key[:-len("unused_rows")] + "unused_steps"] = state["model"].pop(key) + 7
+    state.pop("checksum")
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, state)
+    assert config_from_checkpoint(state).model.rvq.dead_after_rows == RVQConfig().dead_after_rows
+    model, _ = load_tokenizer(old)
+    assert all(int(model.state_dict()[k].abs().sum()) == 0 for k in rows)
+    cfg = tiny_config(synth_root, tmp_path, "train.epochs=3")
+    assert train(cfg, resume=str(old)) is not None
+
+
 def test_mismatched_checkpoint_names_file_and_keys(tiny_checkpoint, synth_root, tmp_path):
     cfg = tiny_config(synth_root, tmp_path, "model.width=32", "model.rvq.codebook_size=32")
     with pytest.raises(CheckpointError) as err:

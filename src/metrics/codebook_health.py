@@ -4,21 +4,21 @@ from __future__ import annotations
 import numpy as np
 
 
-def usage_stats(counts: np.ndarray, unused_steps: np.ndarray | None = None,
+def usage_stats(counts: np.ndarray, unused: np.ndarray | None = None,
                 dead_after: int | None = None) -> dict[str, float]:
     """Health of one codebook from how often each of its K codes was picked.
 
     ``usage`` is the fraction of codes used at least once, ``entropy`` in nats of the
     empirical code distribution, ``perplexity`` = exp(entropy) (K at best). ``dead`` is
-    the fraction of codes the training state counts as dead (unused for ``dead_after``
-    steps) when that state is given, else the fraction unused here.
+    the fraction of codes the training state counts as dead (``unused``, the training rows
+    since each code was last picked, at least ``dead_after``) when that state is given, else the fraction unused here.
     """
     counts = np.asarray(counts, dtype=np.float64)
     total = counts.sum()
     p = counts[counts > 0] / total if total > 0 else np.zeros(0)
     entropy = float(-(p * np.log(p)).sum()) if p.size else 0.0
-    if unused_steps is not None and dead_after is not None:
-        dead = float((np.asarray(unused_steps) >= dead_after).mean())
+    if unused is not None and dead_after is not None:
+        dead = float((np.asarray(unused) >= dead_after).mean())
     else:
         dead = float((counts == 0).mean())
     return {"usage": float((counts > 0).mean()), "used": int((counts > 0).sum()),

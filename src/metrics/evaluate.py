@@ -232,7 +232,7 @@ class Evaluator:
                 unused = dead_after = None
                 if model is not None:
                     cb = model.quantizer.codebook(name, j)
-                    unused, dead_after = cb["unused_steps"].cpu().numpy(), cb["dead_after"]
+                    unused, dead_after = cb["unused"].cpu().numpy(), cb["dead_after"]
                 label = code_label(j, self.cfg.model.rvq.splits)
                 health[name][label] = usage_stats(self.counts[s, j], unused, dead_after)
         return health

@@ -101,6 +101,7 @@ def written_before_checksums(state: dict[str, Any]) -> bool:
 
 # The training-only EMA accumulators an inference checkpoint leaves out (rebuilt on load).
 _EMA_SUM = ".embed_sum"
+_UNUSED_STEPS = ".unused_steps"   # the restart counter of earlier versions (now unused_rows)
 
 
 def inference_state(state: dict[str, Any]) -> dict[str, Any]:
@@ -131,12 +132,15 @@ def config_from_checkpoint(state: dict[str, Any], path: str | Path = "checkpoint
     A checkpoint saved before ``data.reference`` existed coded every point without a reference
     pose: it reads as ``none``, not as today's default; one saved before
     ``model.rvq.fsq_streams`` had EMA codebooks on every stream: it reads as ``[]``; one saved
-    before ``model.fb_from_parts`` decoded FB on its own: it reads as ``false``.
+    before ``model.fb_from_parts`` decoded FB on its own: it reads as ``false``. Its
+    ``model.rvq.dead_after_steps`` (restarts counted in steps) gives way to today's
+    ``dead_after_rows``: a training setting, which coding never reads.
     """
     values = dict(state["config"])
     values["data"] = {"reference": "none", **values.get("data", {})}
     model = {"fb_from_parts": False, **values.get("model", {})}
     model["rvq"] = {"fsq_streams": [], **model.get("rvq", {})}
+    model["rvq"].pop("dead_after_steps", None)
     values["model"] = model
     try:
         return from_dict(values)
@@ -150,6 +154,12 @@ def load_model_state(model: torch.nn.Module, state_dict: dict[str, torch.Tensor]
     rvq = getattr(getattr(model, "cfg", None), "rvq", None)
     state_dict = _with_ema_sums(state_dict, rvq.laplace_eps if rvq is not None else 1e-5)
     own = model.state_dict()
+    for key in [k for k in state_dict if k.endswith(_UNUSED_STEPS) and k not in own]:
+        # a codebook of a version that counted unused steps: rows are unknown, so every code
+        # counts as just used (no restart until it goes unused for dead_after_rows)
+        rows = key[:-len(_UNUSED_STEPS)] + ".unused_rows"
+        if rows in own:
+            state_dict[rows] = torch.zeros_like(state_dict.pop(key))
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))
     shapes = [f"{k}: checkpoint {list(state_dict[k].shape)} vs model {list(own[k].shape)}"

@@ -40,6 +40,10 @@ from src.train.runlog import append_jsonl, create_run_dir, drop_epochs_after, se
 
 log = logging.getLogger("signstream.train")
 
+# Model settings a resumed run may change: they steer training, not the weights' meaning. A
+# checkpoint made before restarts were counted in rows reads as the default (config_from_checkpoint).
+RESUME_MAY_CHANGE = {"model.rvq.dead_after_rows"}
+
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or inf; the run stops and the last good checkpoint is kept."""
@@ -190,8 +194,10 @@ class Trainer:
         state = load_checkpoint(path, self.device)
         stored = config_from_checkpoint(state, path)
         self.stored_cfg = stored
-        diffs = [f"{k}: {v!r} vs {w!r}" for k, (v, w) in
-                 config_differences(to_dict(stored.model), to_dict(self.cfg.model), "model.").items()]
+        changed = config_differences(to_dict(stored.model), to_dict(self.cfg.model), "model.")
+        for key in RESUME_MAY_CHANGE & changed.keys():
+            log.info("%s: %r in the checkpoint, %r from now on", key, *changed.pop(key))
+        diffs = [f"{k}: {v!r} vs {w!r}" for k, (v, w) in changed.items()]
         if stored.data.chunk_len != self.cfg.data.chunk_len:
             diffs.append(f"data.chunk_len: {stored.data.chunk_len} vs {self.cfg.data.chunk_len}")
         if diffs:

@@ -52,7 +52,7 @@ class Codebook(nn.Module):
         super().__init__()
         self.residual = residual
         self.size, self.decay, self.eps = cfg.codebook_size, cfg.ema_decay, cfg.laplace_eps
-        self.dead_after, self.init, self.kmeans_iters = cfg.dead_after_steps, cfg.init, cfg.kmeans_iters
+        self.dead_after, self.init, self.kmeans_iters = cfg.dead_after_rows, cfg.init, cfg.kmeans_iters
         self.temperature, self.usage_rows = cfg.usage_temperature, cfg.usage_rows
         if cfg.init not in ("kmeans", "sample", "random"):
             raise ValueError(f"model.rvq.init must be kmeans, sample or random, got {cfg.init!r}")
@@ -61,7 +61,8 @@ class Codebook(nn.Module):
         self.register_buffer("embed", embed)                                      # (G, K, D)
         self.register_buffer("embed_sum", embed.clone())                          # (G, K, D)
         self.register_buffer("cluster_size", torch.ones(groups, cfg.codebook_size))
-        self.register_buffer("unused_steps", torch.zeros(groups, cfg.codebook_size, dtype=torch.long))
+        # rows of training batches since each code was last picked (restarted at dead_after)
+        self.register_buffer("unused_rows", torch.zeros(groups, cfg.codebook_size, dtype=torch.long))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
         self._norms_key: tuple | None = None
         self._norms: torch.Tensor | None = None
@@ -216,12 +217,12 @@ class Codebook(nn.Module):
         total = self.cluster_size.sum(-1, keepdim=True)
         smoothed = (self.cluster_size + self.eps) / (total + k * self.eps) * total
         self.embed.copy_(self.embed_sum / smoothed[..., None])
-        self.unused_steps.add_(1).masked_fill_(counts > 0, 0)
+        self.unused_rows.add_(counts.sum(-1, keepdim=True).long()).masked_fill_(counts > 0, 0)
         self._restart_dead(x)
 
     @torch.no_grad()
     def _restart_dead(self, x: torch.Tensor) -> None:
-        dead = self.unused_steps >= self.dead_after   # (G, K), the same on every rank
+        dead = self.unused_rows >= self.dead_after   # (G, K), the same on every rank
         if not bool(dead.any()):
             return
         # Rank 0 draws from its batch and shares, so all ranks restart to the same vectors
@@ -236,4 +237,4 @@ class Codebook(nn.Module):
         self.embed[dead] = fresh
         self.embed_sum[dead] = fresh
         self.cluster_size[dead] = 1.0
-        self.unused_steps[dead] = 0
+        self.unused_rows[dead] = 0

@@ -72,9 +72,9 @@ class MultiStreamRVQ(nn.Module):
         name, groups = next((name, groups) for name, groups in self._parts if g in groups)
         g = groups.index(g)
         if name == "fsq":   # an implicit codebook: no codewords, no restarts
-            return {"unused_steps": self.fsq.unused_steps[level, g], "dead_after": None}
+            return {"unused": self.fsq.unused_steps[level, g], "dead_after": None}
         cb = self.rvq.levels[level]
-        return {"embed": cb.embed[g], "cluster_size": cb.cluster_size[g], "unused_steps": cb.unused_steps[g],
+        return {"embed": cb.embed[g], "cluster_size": cb.cluster_size[g], "unused": cb.unused_rows[g],
                 "dead_after": cb.dead_after}
 
     def set_depth(self, thresholds: dict[str, float] | None, hand_codes: int = 0) -> None:

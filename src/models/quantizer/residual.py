@@ -49,7 +49,7 @@ class ResidualQuantizer(nn.Module):
                 counts = torch.bincount(assign, minlength=level.size).to(book.dtype)
                 level.embed[g], level.cluster_size[g] = book, counts
                 level.embed_sum[g] = book * counts[:, None]
-                level.unused_steps[g] = 0
+                level.unused_rows[g] = 0
                 residual[g] = rows - book[assign]
             level.initted.fill_(True)
         for buffer in self.buffers():   # ranks drew their own k-means starts: all take rank 0's codebooks
