@@ -40,9 +40,10 @@ from src.train.runlog import append_jsonl, create_run_dir, drop_epochs_after, se
 
 log = logging.getLogger("signstream.train")
 
-# Model settings a resumed run may change: they steer training, not the weights' meaning. A
-# checkpoint made before restarts were counted in rows reads as the default (config_from_checkpoint).
-RESUME_MAY_CHANGE = {"model.rvq.dead_after_rows"}
+# Model settings a resumed run may change: they steer training, not the weights' meaning (e.g.
+# the last epochs without refits). A checkpoint made before restarts were counted in rows reads
+# as the default (config_from_checkpoint).
+RESUME_MAY_CHANGE = {"model.rvq.dead_after_rows", "model.rvq.refit_every"}
 
 
 class NonFiniteLoss(RuntimeError):
