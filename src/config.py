@@ -74,7 +74,8 @@ class RVQConfig:
     commitment_beta: float = 0.25
     # a code that no training row picked in this many rows (the global batch's, counted per
     # codebook) is restarted; in rows, not steps, so that a small batch (a CPU run's ~30 rows per
-    # step) keeps the codes a larger one would: 20 steps of 32 rows restarted most codes (docs/fitting.md)
+    # step) keeps the codes a larger one would: 20 steps of ~32 rows re-seeded about half of
+    # every codebook each time (docs/fitting.md, section 8)
     dead_after_rows: int = 16384
     init: str = "kmeans"             # kmeans | sample | random (first batch)
     kmeans_iters: int = 10

@@ -11,7 +11,8 @@ def usage_stats(counts: np.ndarray, unused: np.ndarray | None = None,
     ``usage`` is the fraction of codes used at least once, ``entropy`` in nats of the
     empirical code distribution, ``perplexity`` = exp(entropy) (K at best). ``dead`` is
     the fraction of codes the training state counts as dead (``unused``, the training rows
-    since each code was last picked, at least ``dead_after``) when that state is given, else the fraction unused here.
+    since each code was last picked, at least ``dead_after``) when that state is given, else
+    the fraction unused here.
     """
     counts = np.asarray(counts, dtype=np.float64)
     total = counts.sum()
